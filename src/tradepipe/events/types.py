@@ -1,0 +1,280 @@
+"""Every event type of the pipeline (R1.1), as frozen typed structs.
+
+Payload shapes follow the seed where it has an example (MarketDataReceived's ``data``,
+FeaturesCalculated's ``features``, PredictionGenerated's ``prediction`` and ``model``); the
+rest are the smallest shapes the spec's later sections need. New fields must come with a
+default, or the schema registry's BACKWARD check refuses them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from tradepipe.events.envelope import Event, Metadata
+
+Direction = Literal["BUY", "SELL", "HOLD"]
+Side = Literal["BUY", "SELL"]
+
+
+class Payload(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
+    """Base of nested payload structs: camelCase on the wire, frozen."""
+
+
+# --- topics (R2.4) -------------------------------------------------------------------------
+
+MARKET_DATA = "market-data-events"
+FEATURES = "features-calculated"
+PREDICTIONS = "predictions-generated"
+SIGNALS = "trading-signals"
+VALIDATED = "validated-signals"
+ORDERS = "order-events"
+PERFORMANCE = "performance-events"
+SYSTEM = "system-events"
+API_REQUESTS = "api-requests"
+API_RESPONSES = "api-responses"
+DEAD_LETTER = "dead-letter"
+
+ALL_TOPICS = (
+    MARKET_DATA, FEATURES, PREDICTIONS, SIGNALS, VALIDATED, ORDERS, PERFORMANCE,
+    SYSTEM, API_REQUESTS, API_RESPONSES, DEAD_LETTER,
+)
+
+
+# --- market data ---------------------------------------------------------------------------
+
+class TickData(Payload, frozen=True, kw_only=True):
+    bid: float
+    ask: float
+    volume: float = 0.0
+    timestamp: datetime
+
+
+class MarketDataReceived(Event, frozen=True, kw_only=True):
+    topic = MARKET_DATA
+    source: str
+    data: TickData
+
+
+class OHLC(Payload, frozen=True, kw_only=True):
+    open: float
+    high: float
+    low: float
+    close: float
+
+
+class BarClosed(Event, frozen=True, kw_only=True):
+    topic = MARKET_DATA
+    timeframe: str
+    bar_time: datetime  # the bar's open time, UTC
+    bid: OHLC
+    ask: OHLC
+    mid: OHLC
+    tick_count: int
+    spread_mean: float
+    spread_max: float
+
+
+# --- features and models -------------------------------------------------------------------
+
+class FeaturesMetadata(Metadata, frozen=True, kw_only=True):
+    calculation_time: str = ""  # the seed writes e.g. "15ms"
+
+
+class FeaturesCalculated(Event, frozen=True, kw_only=True):
+    topic = FEATURES
+    timeframe: str
+    bar_time: datetime | None = None
+    group: str = ""  # feature-engineering | technical-analysis | market-microstructure
+    features: dict[str, float | None]
+    metadata: FeaturesMetadata = FeaturesMetadata()
+
+
+class Prediction(Payload, frozen=True, kw_only=True):
+    direction: Direction
+    confidence: float
+    target_price: float | None = None
+    stop_loss: float | None = None
+    time_horizon: str = ""
+
+
+class ModelInfo(Payload, frozen=True, kw_only=True):
+    name: str
+    accuracy: float | None = None
+    inference_time: str = ""
+
+
+class PredictionGenerated(Event, frozen=True, kw_only=True):
+    topic = PREDICTIONS
+    prediction: Prediction
+    model: ModelInfo
+    fallback: bool = False  # True when a circuit breaker's fallback produced it
+
+
+class Contribution(Payload, frozen=True, kw_only=True):
+    model: str
+    direction: Direction
+    confidence: float
+    weight: float
+
+
+class TradingSignalGenerated(Event, frozen=True, kw_only=True):
+    topic = SIGNALS
+    direction: Direction
+    confidence: float
+    timeframe: str = ""
+    contributors: list[Contribution] = []
+    missing_models: list[str] = []
+
+
+class RuleVerdict(Payload, frozen=True, kw_only=True):
+    rule: str
+    passed: bool
+    detail: str = ""
+
+
+class SignalValidated(Event, frozen=True, kw_only=True):
+    topic = VALIDATED
+    signal_id: uuid.UUID
+    direction: Direction
+    confidence: float
+    verdicts: list[RuleVerdict] = []
+
+
+class SignalRejected(Event, frozen=True, kw_only=True):
+    topic = VALIDATED
+    signal_id: uuid.UUID
+    direction: Direction
+    confidence: float
+    verdicts: list[RuleVerdict] = []
+
+
+# --- orders and positions ------------------------------------------------------------------
+
+class OrderPlaced(Event, frozen=True, kw_only=True):
+    topic = ORDERS
+    order_id: str
+    side: Side
+    volume: float
+    order_type: Literal["MARKET", "LIMIT", "STOP"] = "MARKET"
+    price: float | None = None
+    stop_loss: float | None = None
+    take_profit: float | None = None
+    broker: str = "paper"
+
+
+class OrderExecuted(Event, frozen=True, kw_only=True):
+    topic = ORDERS
+    order_id: str
+    side: Side
+    volume: float
+    price: float
+    commission: float = 0.0
+    slippage: float = 0.0
+
+
+class OrderRejected(Event, frozen=True, kw_only=True):
+    topic = ORDERS
+    order_id: str
+    reason: str
+
+
+class OrderCancelled(Event, frozen=True, kw_only=True):
+    topic = ORDERS
+    order_id: str
+    reason: str = ""
+
+
+class PositionClosed(Event, frozen=True, kw_only=True):
+    topic = ORDERS
+    position_id: str
+    side: Side
+    volume: float
+    entry_price: float
+    exit_price: float
+    pnl: float
+    reason: str = ""
+
+
+class PerformanceCalculated(Event, frozen=True, kw_only=True):
+    topic = PERFORMANCE
+    equity: float
+    realized_pnl: float
+    unrealized_pnl: float
+    trades: int = 0
+    metrics: dict[str, float | None] = {}  # sharpe, sortino, max_drawdown, win_rate, ...
+
+
+# --- system, API, storage ------------------------------------------------------------------
+
+class ConfigurationUpdated(Event, frozen=True, kw_only=True):
+    topic = SYSTEM
+    changes: dict[str, Any]
+
+
+class CircuitBreakerStateChanged(Event, frozen=True, kw_only=True):
+    topic = SYSTEM
+    breaker: str
+    from_state: Literal["CLOSED", "OPEN", "HALF_OPEN"]
+    to_state: Literal["CLOSED", "OPEN", "HALF_OPEN"]
+    failures: int = 0
+    reason: str = ""
+
+
+class AlertRaised(Event, frozen=True, kw_only=True):
+    topic = SYSTEM
+    rule: str
+    severity: Literal["info", "warning", "critical"]
+    message: str
+    value: float | None = None
+    threshold: float | None = None
+
+
+class APIRequestReceived(Event, frozen=True, kw_only=True):
+    topic = API_REQUESTS
+    request_id: str
+    method: str
+    path: str
+    body: Any = None
+    sync: bool = True
+
+
+class APIResponseReady(Event, frozen=True, kw_only=True):
+    topic = API_RESPONSES
+    request_id: str
+    status: int
+    body: Any = None
+
+
+class DatabaseUpdated(Event, frozen=True, kw_only=True):
+    topic = SYSTEM
+    store: str
+    table: str
+    status: Literal["success", "failure"] = "success"
+    record_id: str | None = None
+
+
+class DeadLetter(Event, frozen=True, kw_only=True):
+    """A record that could not be decoded or handled, kept with the reason and its bytes."""
+
+    topic = DEAD_LETTER
+    reason: str
+    error_type: str = ""
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    original_type: str | None = None
+    original: bytes = b""
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    MarketDataReceived, BarClosed, FeaturesCalculated, PredictionGenerated,
+    TradingSignalGenerated, SignalValidated, SignalRejected, OrderPlaced, OrderExecuted,
+    OrderRejected, OrderCancelled, PositionClosed, PerformanceCalculated, ConfigurationUpdated,
+    CircuitBreakerStateChanged, AlertRaised, APIRequestReceived, APIResponseReady,
+    DatabaseUpdated, DeadLetter,
+)
+EVENT_TYPES_BY_NAME: dict[str, type[Event]] = {t.__name__: t for t in EVENT_TYPES}
