@@ -135,6 +135,12 @@ class Consumer(ABC):
         """Manual assignment, only for consumers without a group."""
 
     @abstractmethod
+    def set_start_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Where to start reading these partitions whenever they are (re)assigned, instead of
+        the group's commit: a service restoring a checkpoint resumes from the positions its
+        snapshot reflects (Kafka clients do the same in an on_assign callback)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Leave the group (its partitions go to the remaining members); commit nothing."""
 
@@ -236,6 +242,7 @@ class LogConsumer(Consumer):
         self.subscription = tuple(topics)
         self._reset = auto_offset_reset
         self._positions: dict[TopicPartition, int] = {}
+        self._start_offsets: dict[TopicPartition, int] = {}
         self._closed = False
 
     # -- hooks ------------------------------------------------------------------------------
@@ -284,6 +291,8 @@ class LogConsumer(Consumer):
                 self._positions[tp] = self._starting_offset(tp)
 
     def _starting_offset(self, tp: TopicPartition) -> int:
+        if tp in self._start_offsets:
+            return self._start_offsets[tp]
         committed = self._load_committed(tp) if self.group is not None else None
         if committed is not None:
             return committed
@@ -332,6 +341,12 @@ class LogConsumer(Consumer):
         if offset < 0:
             raise ValueError("offset must be >= 0")
         self._positions[tp] = offset
+
+    def set_start_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._start_offsets = dict(offsets)
+        for tp, offset in offsets.items():
+            if tp in self._positions:
+                self._positions[tp] = offset
 
     def assignment(self) -> frozenset[TopicPartition]:
         self._check_open()

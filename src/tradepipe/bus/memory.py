@@ -7,6 +7,7 @@ process, so separately opened buses can share topics.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -64,19 +65,43 @@ _NAMED: dict[str, MemoryBroker] = {}
 
 
 class MemoryProducer(Producer):
+    """Appends at once (a record is readable as soon as ``send`` returns); ``flush`` wakes
+    consumers blocked in ``poll``. The send path is kept lean: it is the in-process hot path."""
+
     def __init__(self, broker: MemoryBroker) -> None:
         self._broker = broker
+        self._partition_logs: dict[str, list[list[Record]]] = {}
+        self._key_partition: dict[tuple[str, bytes], int] = {}  # keys are few (symbols)
+        self._pending = 0
+
+    def _logs_of(self, topic: str) -> list[list[Record]]:
+        count = self._broker.info(topic).partitions
+        logs = self._partition_logs[topic] = [self._broker.logs[TopicPartition(topic, p)] for p in range(count)]
+        return logs
 
     def send(self, topic, value, key=None, *, timestamp_ms=None, headers=(), partition=None) -> None:
-        broker = self._broker
-        p = broker.choose_partition(topic, key, partition)
-        with broker.lock:
-            log = broker.logs[TopicPartition(topic, p)]
-            log.append(Record(topic, p, len(log), value, key, timestamp_ms or 0, tuple(headers)))
-            broker.appended.notify_all()
+        logs = self._partition_logs.get(topic) or self._logs_of(topic)
+        if partition is None:
+            if key is None:
+                p = self._broker.choose_partition(topic, None, None)
+            else:
+                p = self._key_partition.get((topic, key))
+                if p is None:
+                    p = self._key_partition[(topic, key)] = partition_for(key, len(logs))
+        else:
+            p = self._broker.choose_partition(topic, key, partition)
+        if timestamp_ms is None:
+            timestamp_ms = int(time.time() * 1000)  # Kafka's default: create time
+        log = logs[p]
+        with self._broker.lock:
+            log.append(Record(topic, p, len(log), value, key, timestamp_ms, tuple(headers)))
+        self._pending += 1
 
     def flush(self) -> int:
-        return 0  # every send is visible at once
+        delivered, self._pending = self._pending, 0
+        with self._broker.appended:
+            self._broker.appended.notify_all()
+        return delivered
 
 
 class MemoryConsumer(LogConsumer):
@@ -123,30 +148,31 @@ class MemoryConsumer(LogConsumer):
 
 
 class MemoryBus(Bus):
+    # ``broker`` is public: in-process companions (the runtime's checkpoint store) attach to it.
     def __init__(self, name: str = "") -> None:
         self.url = f"memory://{name}"
-        self._broker = _NAMED.setdefault(name, MemoryBroker()) if name else MemoryBroker()
+        self.broker = _NAMED.setdefault(name, MemoryBroker()) if name else MemoryBroker()
 
     def create_topic(self, name, partitions=DEFAULT_PARTITIONS, *, retention_ms=None) -> TopicInfo:
-        return self._broker.create_topic(name, partitions, retention_ms)
+        return self.broker.create_topic(name, partitions, retention_ms)
 
     def topics(self) -> dict[str, TopicInfo]:
-        return dict(self._broker.topics)
+        return dict(self.broker.topics)
 
     def producer(self) -> Producer:
-        return MemoryProducer(self._broker)
+        return MemoryProducer(self.broker)
 
     def consumer(self, group, topics: Sequence[str] = (), *, instance_id=None, auto_offset_reset="earliest") -> Consumer:
-        return MemoryConsumer(self._broker, group, topics, instance_id, auto_offset_reset)
+        return MemoryConsumer(self.broker, group, topics, instance_id, auto_offset_reset)
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        info = self._broker.info(topic)
-        return {p: len(self._broker.logs[TopicPartition(topic, p)]) for p in range(info.partitions)}
+        info = self.broker.info(topic)
+        return {p: len(self.broker.logs[TopicPartition(topic, p)]) for p in range(info.partitions)}
 
     def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
-        info = self._broker.info(topic)
+        info = self.broker.info(topic)
         out = {}
         for p in range(info.partitions):
-            log = self._broker.logs[TopicPartition(topic, p)]
+            log = self.broker.logs[TopicPartition(topic, p)]
             out[p] = next((r.offset for r in log if r.timestamp_ms >= timestamp_ms), len(log))
         return out

@@ -61,7 +61,10 @@ class Codec:
         cls = EVENT_TYPES_BY_NAME.get(type_name) if isinstance(type_name, str) else None
         if cls is None:
             raise DecodeError(f"unknown event type {type_name!r}")
-        version = (doc.get("metadata") or {}).get("version", "1.0")
+        meta = doc.get("metadata", {})
+        if not isinstance(meta, dict):  # e.g. "metadata": "x" -- the typed decode said why
+            raise DecodeError(f"invalid {type_name}: {typed_error}")
+        version = meta.get("version", "1.0")
         if version == cls.schema_version:
             raise DecodeError(f"invalid {type_name}: {typed_error}")
         try:
@@ -71,6 +74,10 @@ class Codec:
             raise DecodeError(str(exc)) from None
         except msgspec.ValidationError as exc:
             raise DecodeError(f"invalid {type_name} after upcasting from v{version}: {exc}") from None
+        except Exception as exc:  # an upcaster that trips over an odd old document
+            raise DecodeError(
+                f"upcasting {type_name} from v{version} failed: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 class JsonCodec(Codec):

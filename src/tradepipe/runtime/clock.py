@@ -14,7 +14,11 @@ class Clock(Protocol):
 
 
 class EventClock:
-    """Deterministic: the time is that of the latest event seen (never goes backwards)."""
+    """Deterministic: the time is that of the event being handled.
+
+    It follows each event exactly (rather than the maximum seen) so that re-handling an event
+    after a restart sees the same time as the first run, whatever came before it.
+    """
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -23,8 +27,7 @@ class EventClock:
         return self._now
 
     def advance(self, to: datetime) -> None:
-        if to > self._now:
-            self._now = to
+        self._now = to
 
 
 class WallClock:

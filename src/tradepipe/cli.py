@@ -1,0 +1,241 @@
+"""The ``tradepipe`` command (R9.1)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tradepipe.bus import Bus, BusError, open_bus
+from tradepipe.config import ConfigError, Settings, load_settings
+from tradepipe.events.codec import get_codec
+
+app = typer.Typer(help="tradepipe: an event-driven AI trading pipeline.", no_args_is_help=True, add_completion=False)
+topics_app = typer.Typer(help="Inspect the bus's topics.", no_args_is_help=True)
+schemas_app = typer.Typer(help="The event schema registry: list, export, check compatibility.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="TOML config file (default: ./tradepipe.toml if present).")]
+BusOption = Annotated[Optional[str], typer.Option("--bus", help="Bus URL: sqlite:///file.db (default) or memory://.")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def settings_or_exit(config: Path | None, bus_url: str | None = None) -> Settings:
+    try:
+        return load_settings(config, bus={"url": bus_url})
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+def open_or_exit(url: str, *, create: bool) -> Bus:
+    try:
+        return open_bus(url, create=create)
+    except BusError as exc:
+        raise fail(str(exc)) from None
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+@app.command()
+def run(
+    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Tick or bar files (CSV, .gz); default: the shipped sample.")] = None,
+    symbol: Annotated[Optional[str], typer.Option("--symbol", help="Symbol of the data (default: from each file name).")] = None,
+    bus: BusOption = None,
+    config: ConfigOption = None,
+    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary to this JSON file.")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete an existing SQLite bus file first.")] = False,
+    append: Annotated[bool, typer.Option("--append", help="Add to a bus that already holds market data.")] = False,
+) -> None:
+    """Replay recorded market data through the pipeline into the bus and print a summary."""
+    from tradepipe.pipeline import RunRequest, run_pipeline
+    from tradepipe.sources import sample_paths
+
+    settings = settings_or_exit(config, bus)
+    paths = list(data) if data else sample_paths()
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise fail(f"no such data file: {', '.join(missing)}")
+    if fresh:
+        _delete_sqlite_file(settings.bus.url)
+    bus_obj = open_or_exit(settings.bus.url, create=True)
+    try:
+        from tradepipe.events.types import MARKET_DATA
+
+        held = sum(bus_obj.end_offsets(MARKET_DATA).values()) if MARKET_DATA in bus_obj.topics() else 0
+        if held and not append:
+            raise fail(
+                f"{settings.bus.url} already holds {held:,} market-data events from an earlier run; "
+                "pass --fresh to start a new file or --append to add to it"
+            )
+        total = sum(_count_rows(p) for p in paths)
+        with _progress() as progress:
+            task = progress.add_task("replaying ticks", total=total)
+            summary = run_pipeline(
+                RunRequest(paths=paths, symbol=symbol, settings=settings),
+                bus_obj,
+                on_progress=lambda n: progress.advance(task, n),
+            )
+    finally:
+        bus_obj.close()
+    _print_summary(summary)
+    if summary_json:
+        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err, transient=False,
+    )
+
+
+def _count_rows(path: Path) -> int:
+    """Data rows in a (gzipped) CSV, for the progress bar's total."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        return max(sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b"")) - 1, 0)
+
+
+def _delete_sqlite_file(url: str) -> None:
+    from tradepipe.bus.sqlite import parse_url
+
+    if url.startswith("sqlite:"):
+        path = parse_url(url).path
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title="tradepipe run", show_header=False, title_justify="left")
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, float):
+            value = f"{value:,.3f}" if value < 1000 else f"{value:,.0f}"
+        elif isinstance(value, int):
+            value = f"{value:,}"
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+# --- topics ------------------------------------------------------------------------------------
+
+@topics_app.command("list")
+def topics_list(bus: BusOption = None, config: ConfigOption = None) -> None:
+    """Topics with their partitions, record counts and retention."""
+    settings = settings_or_exit(config, bus)
+    bus_obj = open_or_exit(settings.bus.url, create=False)
+    try:
+        table = Table("topic", "partitions", "records", "end offsets", "retention")
+        for name, info in sorted(bus_obj.topics().items()):
+            ends = bus_obj.end_offsets(name)
+            retention = "forever" if info.retention_ms is None else f"{info.retention_ms / 86_400_000:g} d"
+            table.add_row(name, str(info.partitions), f"{sum(ends.values()):,}", " ".join(str(ends[p]) for p in sorted(ends)), retention)
+        out.print(table)
+    finally:
+        bus_obj.close()
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+@app.command()
+def replay(
+    topic: Annotated[str, typer.Option("--topic", help="Topic to replay.")],
+    bus: BusOption = None,
+    config: ConfigOption = None,
+    from_offset: Annotated[Optional[int], typer.Option("--from-offset", min=0, help="Start at this offset in every partition.")] = None,
+    from_time: Annotated[Optional[datetime], typer.Option("--from-time", help="Start at the first event at or after this ISO time (UTC if no zone).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (one JSON event per line, the seed's camelCase form) or table.")] = "jsonl",
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Stop after this many events.")] = None,
+) -> None:
+    """Print a topic's events, merged across partitions in time order."""
+    from tradepipe.runtime.store import EventStore
+
+    if from_offset is not None and from_time is not None:
+        raise fail("give --from-offset or --from-time, not both")
+    if fmt not in ("jsonl", "table"):
+        raise fail(f"--format must be jsonl or table, not {fmt!r}")
+    if from_time is not None and from_time.tzinfo is None:
+        from_time = from_time.replace(tzinfo=timezone.utc)
+    settings = settings_or_exit(config, bus)
+    bus_obj = open_or_exit(settings.bus.url, create=False)
+    try:
+        store = EventStore(bus_obj, get_codec(settings.bus.codec))
+        try:
+            events = store.replay(topic, from_offset=from_offset or 0, from_time=from_time)
+            _print_events(events, fmt, limit)
+        except BusError as exc:
+            raise fail(str(exc)) from None
+    finally:
+        bus_obj.close()
+
+
+def _print_events(events, fmt: str, limit: int | None) -> None:
+    encode = msgspec.json.Encoder().encode
+    write = sys.stdout.buffer.write
+    table = Table("partition", "offset", "timestamp", "type", "symbol", "eventId") if fmt == "table" else None
+    for count, stored in enumerate(events, 1):
+        if stored.event is None:
+            err.print(f"[yellow]skipped[/] {stored.record.topic}/{stored.record.partition}@{stored.record.offset}: {stored.error}")
+        elif table is not None:
+            e = stored.event
+            table.add_row(str(stored.record.partition), str(stored.record.offset), e.timestamp.isoformat(), e.type, e.symbol or "", str(e.event_id))
+        else:
+            write(encode(stored.event) + b"\n")
+        if limit and count >= limit:
+            break
+    if table is not None:
+        out.print(table)
+    sys.stdout.flush()
+
+
+# --- schemas -----------------------------------------------------------------------------------
+
+@schemas_app.command("list")
+def schemas_list() -> None:
+    """Event types, their topics and schema versions."""
+    from tradepipe.events import schemas
+
+    table = Table("type", "topic", "current", "registered")
+    for row in schemas.list_schemas():
+        table.add_row(row.type, row.topic, row.current_version, ", ".join(row.registered_versions))
+    out.print(table)
+
+
+@schemas_app.command("export")
+def schemas_export(directory: Annotated[Path, typer.Argument(help="Directory to write <Type>/<version>.json into.")]) -> None:
+    """Write every registered and current schema as JSON Schema files."""
+    from tradepipe.events import schemas
+
+    written = schemas.export(directory)
+    out.print(f"wrote {len(written)} schema files to {directory}")
+
+
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Check the code's event types against the registry (BACKWARD compatibility)."""
+    from tradepipe.events import schemas
+
+    problems = schemas.check()
+    for problem in problems:
+        err.print(f"[red]✗[/] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    out.print("all event schemas match the registry")

@@ -1,0 +1,109 @@
+"""One configuration model (R9.2): defaults < TOML file < environment variables < CLI flags.
+
+The file is ``--config PATH``, else ``$TRADEPIPE_CONFIG``, else ``./tradepipe.toml`` if it
+exists. Environment variables are ``TRADEPIPE_<SECTION>__<FIELD>``, e.g.
+``TRADEPIPE_BUS__URL=memory://``. Unknown keys and bad values fail at start with the field's
+dotted name (``bus.partitions``) and where the value came from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from tradepipe.runtime.runner import RunnerConfig
+
+DEFAULT_BUS_URL = "sqlite:///tradepipe.db"
+CONFIG_ENV = "TRADEPIPE_CONFIG"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BusSettings(Section):
+    url: str = DEFAULT_BUS_URL
+    codec: Literal["json", "msgpack"] = "json"
+    partitions: int = Field(4, ge=1, le=1024)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        from tradepipe.bus import SCHEMES
+
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in SCHEMES:
+            raise ValueError(f"bus URL must start with one of {', '.join(s + '://' for s in SCHEMES)}; got {url!r}")
+        return url
+
+
+class RunnerSettings(Section):
+    batch_size: int = Field(500, ge=1)
+    poll_timeout_s: float = Field(0.1, ge=0)
+    checkpoint_every: int = Field(1000, ge=1)
+    max_attempts: int = Field(3, ge=1)
+    retry_initial_s: float = Field(0.01, ge=0)
+    retry_max_s: float = Field(1.0, ge=0)
+    dedup_window: int = Field(10_000, ge=1)
+
+    def runner_config(self) -> RunnerConfig:
+        return RunnerConfig(**self.model_dump())
+
+
+class DataSettings(Section):
+    max_jump: float = Field(0.05, gt=0, lt=1, description="largest accepted tick-to-tick mid move, as a fraction")
+    allow_locked: bool = Field(True, description="accept ask == bid quotes")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix="TRADEPIPE_", env_nested_delimiter="__", validate_default=True
+    )
+
+    bus: BusSettings = BusSettings()
+    runner: RunnerSettings = RunnerSettings()
+    data: DataSettings = DataSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # first wins: CLI values, then the environment, then the TOML file (model_config["toml_file"])
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message names each bad field."""
+
+
+def load_settings(path: str | Path | None = None, **overrides: dict) -> Settings:
+    """Load settings from ``path`` (or the default file) and the environment; ``overrides``
+    are sections of values from CLI flags, e.g. ``bus={"url": "memory://"}``."""
+    chosen = path or os.environ.get(CONFIG_ENV) or ("tradepipe.toml" if Path("tradepipe.toml").exists() else None)
+    if chosen is not None and not Path(chosen).is_file():
+        raise ConfigError(f"config file {chosen} does not exist")
+    settings_cls = Settings
+    if chosen:
+        settings_cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": chosen}})
+    where = f" (config file {chosen}, environment TRADEPIPE_*)" if chosen else " (environment TRADEPIPE_*)"
+    try:
+        base = settings_cls()
+        if not overrides:
+            return base
+        merged = base.model_dump()
+        for section, values in overrides.items():
+            merged[section].update({k: v for k, v in values.items() if v is not None})
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration{where}: {problems}") from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigError(f"cannot read config file {chosen}: {exc}") from None

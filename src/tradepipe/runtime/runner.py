@@ -1,0 +1,296 @@
+"""Service runners (R3.1, R3.2): consume -> decode -> dedupe -> handle -> publish -> commit.
+
+:class:`ServiceRunner` does it synchronously in the calling thread (backtests, the embedded
+default); :class:`AsyncServiceRunner` drives the same steps from asyncio, doing the blocking
+bus calls in a worker thread (network transports). Both keep these promises:
+
+- a record that does not decode goes to ``dead-letter`` with the reason and its bytes;
+- an event whose id was seen lately is skipped (upstream re-deliveries);
+- a handler that raises is retried with exponential backoff, then dead-lettered;
+- outputs are flushed before the checkpoint that covers their inputs, and a checkpoint saves
+  the service snapshot together with the input positions, then commits them to the group;
+- on start, a service restores its last checkpoint and resumes from its positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+
+import msgspec
+from tenacity import Retrying, stop_after_attempt, wait_exponential
+
+from tradepipe.bus.base import DEFAULT_PARTITIONS, Bus, Record
+from tradepipe.events.codec import Codec, DecodeError, JsonCodec
+from tradepipe.events.envelope import Event
+from tradepipe.events.types import ALL_TOPICS, DeadLetter
+from tradepipe.runtime.clock import Clock, EventClock
+from tradepipe.runtime.service import Context, Service
+from tradepipe.runtime.store import Checkpoint, CheckpointStore, checkpoint_store_for, now_ms
+
+
+class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    batch_size: int = 500  # records per poll; outputs of a batch are flushed together
+    poll_timeout_s: float = 0.1
+    checkpoint_every: int = 1000  # events handled between checkpoints
+    max_attempts: int = 3  # handler attempts before an event is dead-lettered
+    retry_initial_s: float = 0.01
+    retry_max_s: float = 1.0
+    # Must cover what an upstream producer can re-deliver after its own crash: at most its
+    # checkpoint interval times its fan-out.
+    dedup_window: int = 10_000
+
+
+class RunnerStats(msgspec.Struct):
+    handled: int = 0
+    emitted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    checkpoints: int = 0
+
+
+class DedupWindow:
+    """The last ``size`` event ids seen, for skipping re-deliveries in O(1)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._order: deque[bytes] = deque()
+        self._seen: set[bytes] = set()
+
+    def add(self, event_id: bytes) -> bool:
+        """Remember ``event_id``; False if it was already there."""
+        if event_id in self._seen:
+            return False
+        self._seen.add(event_id)
+        self._order.append(event_id)
+        if len(self._order) > self._size:
+            self._seen.discard(self._order.popleft())
+        return True
+
+    def dump(self) -> bytes:
+        return b"".join(self._order)
+
+    def load(self, data: bytes) -> None:
+        self._order.clear()
+        self._seen.clear()
+        for i in range(0, len(data), 16):
+            self.add(data[i:i + 16])
+
+
+def ensure_topics(bus: Bus, topics: Iterable[str] = ALL_TOPICS, partitions: int = DEFAULT_PARTITIONS) -> None:
+    """Create the pipeline's topics if missing (idempotent; existing topics keep theirs)."""
+    for topic in topics:
+        bus.create_topic(topic, partitions)
+
+
+def publish(producer, codec: Codec, events: Iterable[Event]) -> int:
+    count = 0
+    for event in events:
+        producer.send(event.topic, codec.encode(event), event.key, timestamp_ms=event.timestamp_ms)
+        count += 1
+    return count
+
+
+class ServiceRunner:
+    """Runs one service against a bus in the calling thread."""
+
+    def __init__(
+        self,
+        service: Service,
+        bus: Bus,
+        *,
+        group: str | None = None,
+        codec: Codec | None = None,
+        checkpoints: CheckpointStore | None = None,
+        config: RunnerConfig = RunnerConfig(),
+        clock: Clock | None = None,
+        instance_id: str | None = None,
+    ) -> None:
+        if not service.inputs:
+            raise ValueError(f"service {service.name!r} declares no input topics")
+        self.service = service
+        self.bus = bus
+        self.group = group or service.name
+        self.codec = codec or JsonCodec()
+        self.config = config
+        self.checkpoints = checkpoints or checkpoint_store_for(bus)
+        self.ctx = Context(service.name, clock or EventClock())
+        self.stats = RunnerStats()
+        self._dedup = DedupWindow(config.dedup_window)
+        self._since_checkpoint = 0
+        self._lifetime_handled = 0
+        self.consumer = bus.consumer(self.group, service.inputs, instance_id=instance_id)
+        self.producer = bus.producer()
+        self._retrying = Retrying(
+            stop=stop_after_attempt(config.max_attempts),
+            wait=wait_exponential(multiplier=config.retry_initial_s, max=config.retry_max_s),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        self._restore()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def _restore(self) -> None:
+        checkpoint = self.checkpoints.load(self.service.name, self.group)
+        if checkpoint is None:
+            return
+        self.service.restore(checkpoint.state)
+        self._dedup.load(checkpoint.seen_ids)
+        self._lifetime_handled = checkpoint.handled
+        self.consumer.set_start_offsets(checkpoint.position_map())
+
+    def checkpoint(self) -> Checkpoint:
+        """Snapshot state + positions + dedup window in one write, then commit the positions."""
+        self.producer.flush()
+        positions = {tp: self.consumer.position(tp) for tp in self.consumer.assignment()}
+        checkpoint = Checkpoint(
+            positions=[(tp.topic, tp.partition, offset) for tp, offset in sorted(positions.items())],
+            state=self.service.snapshot(),
+            seen_ids=self._dedup.dump(),
+            handled=self._lifetime_handled,
+            saved_ms=now_ms(),
+        )
+        self.checkpoints.save(self.service.name, self.group, checkpoint)
+        if positions:
+            self.consumer.commit(positions)
+        self.consumer.set_start_offsets(positions)
+        self._since_checkpoint = 0
+        self.stats.checkpoints += 1
+        return checkpoint
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.producer.close()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def step(self) -> int:
+        """Poll one batch, handle it, publish its outputs; checkpoint when due. Returns the
+        number of records polled (0 when there was nothing)."""
+        records = self.consumer.poll(self.config.batch_size, self.config.poll_timeout_s)
+        if records:
+            self._finish_batch(self.process(records))
+        return len(records)
+
+    def run(self, *, until_idle: bool = False, stop: threading.Event | None = None) -> RunnerStats:
+        """Loop until ``stop`` is set or, with ``until_idle``, until every assigned partition
+        is read to its end; always ends with a checkpoint."""
+        while stop is None or not stop.is_set():
+            if self.step() == 0 and until_idle and self.caught_up():
+                break
+        self.checkpoint()
+        return self.stats
+
+    def caught_up(self) -> bool:
+        assignment = self.consumer.assignment()
+        ends: dict[str, dict[int, int]] = {}
+        for tp in assignment:
+            end = ends.setdefault(tp.topic, self.bus.end_offsets(tp.topic))[tp.partition]
+            if self.consumer.position(tp) < end:
+                return False
+        return True
+
+    def process(self, records: list[Record]) -> list[Event]:
+        """Handle a batch: the events to publish (outputs and dead letters)."""
+        outputs: list[Event] = []
+        for record in records:
+            outputs.extend(self._handle_record(record))
+        return outputs
+
+    def _finish_batch(self, outputs: list[Event]) -> None:
+        self.stats.emitted += publish(self.producer, self.codec, outputs)
+        self.producer.flush()
+        if self._since_checkpoint >= self.config.checkpoint_every:
+            self.checkpoint()
+
+    def _handle_record(self, record: Record) -> list[Event]:
+        try:
+            event = self.codec.decode(record.value)
+        except DecodeError as exc:
+            return [self._dead_letter(record, None, exc.reason, "decode-error")]
+        if not self._dedup.add(event.event_id.bytes):
+            self.stats.duplicates += 1
+            return []
+        self._since_checkpoint += 1
+        self._lifetime_handled += 1
+        self.stats.handled += 1
+        try:
+            return self._retrying(self._attempt, event)
+        except Exception as exc:  # a poison event must not stop the service
+            return [self._dead_letter(record, event, f"{type(exc).__name__}: {exc}", "handler-error")]
+
+    def _attempt(self, event: Event) -> list[Event]:
+        self.ctx.begin(event)
+        return list(self.service.handle(event, self.ctx))
+
+    def _count_retry(self, _state) -> None:
+        self.stats.retries += 1
+
+    def _dead_letter(self, record: Record, event: Event | None, reason: str, kind: str) -> DeadLetter:
+        self.stats.dead_lettered += 1
+        key = f"dead-letter|{record.topic}|{record.partition}|{record.offset}".encode()
+        self.ctx.begin(event, key=key)
+        return self.ctx.emit(
+            DeadLetter,
+            reason=reason,
+            error_type=kind,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            original_type=event.type if event is not None else None,
+            original=record.value,
+            **({} if event is not None else {"timestamp": self.ctx.now()}),
+        )
+
+
+class AsyncServiceRunner:
+    """The same loop for asyncio programs: blocking bus calls run in a worker thread, the
+    handler runs on the event loop thread; one batch is in flight at a time, so per-partition
+    order and the checkpoint rule hold as in :class:`ServiceRunner`."""
+
+    def __init__(self, runner: ServiceRunner) -> None:
+        self.runner = runner
+
+    async def run(self, *, until_idle: bool = False, stop: asyncio.Event | None = None) -> RunnerStats:
+        r = self.runner
+        while stop is None or not stop.is_set():
+            records = await asyncio.to_thread(r.consumer.poll, r.config.batch_size, r.config.poll_timeout_s)
+            if records:
+                outputs = r.process(records)
+                await asyncio.to_thread(r._finish_batch, outputs)
+            elif until_idle and await asyncio.to_thread(r.caught_up):
+                break
+        await asyncio.to_thread(r.checkpoint)
+        return r.stats
+
+
+def pump(
+    items: Iterable,
+    handle: Callable[[object, Context], list[Event]],
+    ctx: Context,
+    bus: Bus,
+    *,
+    codec: Codec | None = None,
+    batch_size: int = 5000,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Feed a source (files, a generator, a live feed) through ``handle`` into the bus,
+    flushing every ``batch_size`` items; returns the number of events written."""
+    codec = codec or JsonCodec()
+    producer = bus.producer()
+    written = pending = 0
+    for item in items:
+        written += publish(producer, codec, handle(item, ctx))
+        pending += 1
+        if pending >= batch_size:
+            producer.flush()
+            if on_batch:
+                on_batch(pending)
+            pending = 0
+    producer.flush()
+    if on_batch and pending:
+        on_batch(pending)
+    return written
+
