@@ -1,0 +1,3 @@
+from tradepipe.cli import app
+
+app(prog_name="tradepipe")

@@ -1,0 +1,172 @@
+"""The command line, end to end on the shipped sample and real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from tradepipe.cli import app
+from tradepipe.sources import sample_paths
+
+cli = CliRunner()
+
+SEED_TICK_KEYS = {"eventId", "timestamp", "source", "symbol", "data", "metadata"}
+
+
+def invoke(*args: str, **kwargs):
+    return cli.invoke(app, list(args), catch_exceptions=False, **kwargs)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in list(__import__("os").environ):
+        if name.startswith("TRADEPIPE_"):
+            monkeypatch.delenv(name)
+    return tmp_path
+
+
+@pytest.fixture
+def small_ticks(workdir):
+    """The first 2,000 rows of the EURUSD sample plus three bad rows."""
+    import gzip
+
+    [eurusd] = [p for p in sample_paths() if p.name.startswith("eurusd")]
+    with gzip.open(eurusd, "rt") as f:
+        lines = [next(f) for _ in range(2001)]
+    bad = ["2014-05-05T00:00:09.000Z,1.3,1.2,0\n", "2014-05-05T00:00:09.500Z,nan,1.2,0\n", "garbage\n"]
+    path = workdir / "eurusd_ticks_small.csv"
+    path.write_text("".join(lines[:1000] + bad[:2] + lines[1000:] + bad[2:]))
+    return path
+
+
+def test_run_on_the_shipped_sample_writes_the_summary(workdir):
+    result = invoke("run", "--summary-json", "summary.json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["ticks_in"] == sum(summary["symbols"].values()) > 100_000
+    assert set(summary["symbols"]) == {"EURUSD", "NZDUSD"}
+    assert summary["events_written"] == summary["ticks_in"] - summary["ticks_rejected"] + summary["dead_letters"]
+    assert summary["wall_s"] > 0 and summary["ticks_per_s"] > 0
+    assert (workdir / "tradepipe.db").exists()
+    assert "ticks_per_s" in result.output
+
+    again = invoke("run")
+    assert again.exit_code == 2 and "already holds" in again.output and "--fresh" in again.output
+
+
+def test_bad_ticks_are_dead_lettered_and_counted(workdir, small_ticks):
+    result = invoke("run", "--data", str(small_ticks), "--summary-json", "s.json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "s.json").read_text())
+    assert summary["ticks_in"] == 2003 and summary["ticks_rejected"] == 3
+    assert summary["market_data_events"] == 2000 and summary["events_written"] == 2003
+    letters = invoke("replay", "--topic", "dead-letter")
+    reasons = [json.loads(line)["reason"] for line in letters.stdout.splitlines()]
+    assert len(reasons) == 3 and all("eurusd_ticks_small.csv line" in r for r in reasons)
+
+
+def test_replay_prints_seed_shaped_jsonl_from_offset_and_time(workdir, small_ticks):
+    assert invoke("run", "--data", str(small_ticks)).exit_code == 0
+    everything = invoke("replay", "--topic", "market-data-events").stdout.splitlines()
+    assert len(everything) == 2000
+    first = json.loads(everything[0])
+    assert SEED_TICK_KEYS <= set(first) and first["type"] == "MarketDataReceived"
+    assert set(first["data"]) == {"bid", "ask", "volume", "timestamp"}
+    assert set(first["metadata"]) >= {"version", "producer"} and first["metadata"]["producer"] == "data-bridge"
+    cut = json.loads(everything[1500])["timestamp"]
+    later = invoke("replay", "--topic", "market-data-events", "--from-time", cut).stdout.splitlines()
+    assert all(json.loads(line)["timestamp"] >= cut for line in later) and 0 < len(later) <= 500 + 5
+    tail = invoke("replay", "--topic", "market-data-events", "--from-offset", "1999").stdout.splitlines()
+    assert len(tail) == 1  # one symbol: one partition holds all 2,000
+    assert len(invoke("replay", "--topic", "market-data-events", "--limit", "7").stdout.splitlines()) == 7
+
+
+def test_topics_list(workdir, small_ticks):
+    invoke("run", "--data", str(small_ticks))
+    result = invoke("topics", "list")
+    assert result.exit_code == 0
+    row = next(line for line in result.stdout.splitlines() if "market-data-events" in line)
+    assert "2,000" in row and "dead-letter" in result.stdout
+
+
+def test_fresh_replaces_and_append_adds(workdir, small_ticks):
+    invoke("run", "--data", str(small_ticks))
+    invoke("run", "--data", str(small_ticks), "--append")
+    assert len(invoke("replay", "--topic", "market-data-events").stdout.splitlines()) == 4000
+    invoke("run", "--data", str(small_ticks), "--fresh")
+    assert len(invoke("replay", "--topic", "market-data-events").stdout.splitlines()) == 2000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("replay", "--topic", "market-data-events", "--bus", "sqlite:///missing.db"), "does not exist"),
+        (("replay", "--topic", "x", "--bus", "nosuch://x"), "bus.url"),
+        (("topics", "list", "--bus", "not a url"), "bus.url"),
+        (("run", "--data", "no/such/file.csv"), "no such data file"),
+        (("replay", "--topic", "t", "--from-offset", "1", "--from-time", "2014-01-01"), "not both"),
+    ],
+)
+def test_clear_errors(workdir, args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_replay_of_an_unknown_topic(workdir, small_ticks):
+    invoke("run", "--data", str(small_ticks))
+    result = invoke("replay", "--topic", "no-such-topic")
+    assert result.exit_code == 2 and "unknown topic 'no-such-topic'" in result.output
+
+
+def test_a_corrupt_bus_file_is_reported_and_left_alone(workdir):
+    (workdir / "tradepipe.db").write_bytes(b"this is not a database" * 100)
+    before = (workdir / "tradepipe.db").read_bytes()
+    result = invoke("topics", "list")
+    assert result.exit_code == 2 and "tradepipe.db" in result.output
+    assert (workdir / "tradepipe.db").read_bytes() == before
+
+
+def test_bad_config_fails_at_start_naming_the_field(workdir, monkeypatch):
+    (workdir / "tradepipe.toml").write_text("[runner]\ncheckpoint_every = 0\n")
+    result = invoke("topics", "list")
+    assert result.exit_code == 2 and "runner.checkpoint_every" in result.output
+    (workdir / "tradepipe.toml").write_text("[bus]\nurll = 'x'\n")
+    assert "bus.urll" in invoke("topics", "list").output
+    (workdir / "tradepipe.toml").unlink()
+    monkeypatch.setenv("TRADEPIPE_BUS__PARTITIONS", "zero")
+    result = invoke("topics", "list")
+    assert result.exit_code == 2 and "bus.partitions" in result.output
+
+
+def test_config_file_and_environment_choose_the_bus(workdir, small_ticks, monkeypatch):
+    (workdir / "tradepipe.toml").write_text('[bus]\nurl = "sqlite:///from-file.db"\ncodec = "msgpack"\n')
+    invoke("run", "--data", str(small_ticks))
+    assert (workdir / "from-file.db").exists()
+    lines = invoke("replay", "--topic", "market-data-events", "--limit", "1").stdout.splitlines()
+    assert json.loads(lines[0])["type"] == "MarketDataReceived"  # msgpack on the bus, JSON out
+    monkeypatch.setenv("TRADEPIPE_BUS__URL", "sqlite:///from-env.db")
+    invoke("run", "--data", str(small_ticks))
+    assert (workdir / "from-env.db").exists()
+
+
+def test_schemas_commands(workdir):
+    assert invoke("schemas", "check").exit_code == 0
+    listed = invoke("schemas", "list").stdout
+    assert "MarketDataReceived" in listed and "DeadLetter" in listed
+    assert invoke("schemas", "export", "out").exit_code == 0
+    assert (workdir / "out" / "MarketDataReceived" / "1.0.json").exists()
+
+
+def test_console_script_help():
+    exe = shutil.which("tradepipe") or pytest.fail("the tradepipe console script is not installed")
+    result = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
+    for command in ("run", "replay", "topics", "schemas"):
+        assert command in result.stdout
+    assert subprocess.run([sys.executable, "-m", "tradepipe", "--help"], capture_output=True).returncode == 0
