@@ -16,9 +16,11 @@ from tradepipe.bus.partitioner import murmur2, partition_for
 SCHEMES = ("memory", "sqlite")
 
 
-def open_bus(url: str) -> Bus:
+def open_bus(url: str, *, create: bool = True) -> Bus:
     """Open the bus a URL names: ``memory://[name]`` or ``sqlite:///relative.db`` /
-    ``sqlite:////absolute/path.db`` (SQLAlchemy's convention), with ``?key=value`` options."""
+    ``sqlite:////absolute/path.db`` (SQLAlchemy's convention), with ``?key=value`` options.
+
+    ``create=False`` refuses to create a missing bus file (tools that only read, e.g. replay)."""
     if "://" not in url:
         raise BusURLError(f"bad bus URL {url!r}: expected scheme://..., e.g. sqlite:///tradepipe.db or memory://")
     parts = urlsplit(url)
@@ -30,7 +32,7 @@ def open_bus(url: str) -> Bus:
     if scheme == "sqlite":
         from tradepipe.bus.sqlite import SQLiteBus
 
-        return SQLiteBus.from_url(url)
+        return SQLiteBus.from_url(url, create=create)
     raise BusURLError(f"bad bus URL {url!r}: unknown scheme {scheme!r}; supported: {', '.join(SCHEMES)}")
 
 

@@ -192,23 +192,12 @@ def _status(cls: type[Event], registry_dir: Path, upcasters: UpcasterRegistry) -
     if _version_key(version) < _version_key(latest):
         return _Status(name, [f"{name}: schema_version {version} is older than the registered {latest}"], None)
     problems = check_backward(load_schema(name, latest, registry_dir), current, name)
-    if not _has_upcast_path(upcasters, name, latest, version):
+    if not upcasters.has_path(name, latest, version):
         problems.append(
             f"{name}: no upcaster from {latest} to {version}; register one with "
             f'@UPCASTERS.register("{name}", "{latest}", "{version}") so old events can be read'
         )
     return _Status(name, problems, current if not problems else None)
-
-
-def _has_upcast_path(upcasters: UpcasterRegistry, name: str, start: str, end: str) -> bool:
-    steps = upcasters._steps  # (type, from_version) -> (to_version, fn)
-    version, seen = start, set()
-    while version != end:
-        if (name, version) not in steps or version in seen:
-            return False
-        seen.add(version)
-        version = steps[(name, version)][0]
-    return True
 
 
 def _statuses(types: Iterable[type[Event]], registry_dir: Path, upcasters: UpcasterRegistry) -> list[_Status]:

@@ -33,6 +33,17 @@ class UpcasterRegistry:
 
         return wrap
 
+    def has_path(self, type_name: str, start: str, end: str) -> bool:
+        """Whether registered steps lead from version ``start`` to ``end`` of ``type_name``."""
+        version, seen = start, set()
+        while version != end:
+            step = self._steps.get((type_name, version))
+            if step is None or version in seen:
+                return False
+            seen.add(version)
+            version = step[0]
+        return True
+
     def upcast(self, doc: Document, current_version: str) -> Document:
         """Apply the chain of steps until ``doc`` is at ``current_version``."""
         type_name = doc.get("type")

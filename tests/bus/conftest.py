@@ -1,0 +1,62 @@
+"""Fixtures for the bus contract suite (R2.3): one bus per test, parametrized by backend.
+
+A new backend joins the suite by adding a param to ``bus_url`` (e.g. ``kafka``, ``redis``
+pointing at a broker from the environment). Tests use fresh topic and group names, so a shared
+broker works as well as a private one.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tradepipe.bus import Bus, Consumer, Record, open_bus
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def bus_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "memory":
+        return f"memory://contract-{uuid.uuid4().hex}"
+    return f"sqlite:///{tmp_path}/bus.db"
+
+
+@pytest.fixture
+def bus(bus_url: str) -> Iterator[Bus]:
+    with open_bus(bus_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def new_topic(bus: Bus) -> Callable[..., str]:
+    """Create a topic with a fresh name and return the name."""
+
+    def create(partitions: int = 4) -> str:
+        name = f"topic-{uuid.uuid4().hex[:8]}"
+        bus.create_topic(name, partitions)
+        return name
+
+    return create
+
+
+@pytest.fixture
+def group() -> str:
+    return f"group-{uuid.uuid4().hex[:8]}"
+
+
+def poll_until(consumers: Consumer | list[Consumer], count: int, timeout_s: float = 5.0) -> list[Record]:
+    """Poll the consumers (round-robin) until ``count`` records came back or the time is up."""
+    consumers = consumers if isinstance(consumers, list) else [consumers]
+    out: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < count and time.monotonic() < deadline:
+        for consumer in consumers:
+            out.extend(consumer.poll(max_records=count, timeout_s=0.02))
+    return out
+
+
+@pytest.fixture
+def drain() -> Callable[..., list[Record]]:
+    return poll_until
