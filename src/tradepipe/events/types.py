@@ -136,7 +136,9 @@ class RuleVerdict(Payload, frozen=True, kw_only=True):
     detail: str = ""
 
 
-class SignalValidated(Event, frozen=True, kw_only=True):
+class _SignalVerdict(Event, frozen=True, kw_only=True):
+    """What the validator decided about a signal, with every rule's verdict (R7.1)."""
+
     topic = VALIDATED
     signal_id: uuid.UUID
     direction: Direction
@@ -144,12 +146,12 @@ class SignalValidated(Event, frozen=True, kw_only=True):
     verdicts: list[RuleVerdict] = []
 
 
-class SignalRejected(Event, frozen=True, kw_only=True):
-    topic = VALIDATED
-    signal_id: uuid.UUID
-    direction: Direction
-    confidence: float
-    verdicts: list[RuleVerdict] = []
+class SignalValidated(_SignalVerdict, frozen=True, kw_only=True):
+    pass
+
+
+class SignalRejected(_SignalVerdict, frozen=True, kw_only=True):
+    pass
 
 
 # --- orders and positions ------------------------------------------------------------------
