@@ -119,6 +119,27 @@ def test_clear_errors(workdir, args, message):
     assert message in result.output
 
 
+def test_fresh_never_deletes_a_file_that_is_not_a_bus(workdir):
+    import sqlite3
+
+    other = sqlite3.connect(workdir / "other.db")
+    other.execute("CREATE TABLE precious (x)")
+    other.commit()
+    other.close()
+    before = (workdir / "other.db").read_bytes()
+    result = invoke("run", "--bus", "sqlite:///other.db", "--fresh")
+    assert result.exit_code == 2 and "--fresh refused" in result.output
+    assert (workdir / "other.db").read_bytes() == before
+
+
+def test_unreadable_data_and_bad_sqlite_urls_are_clear_errors(workdir):
+    (workdir / "eurusd_ticks.csv.gz").write_bytes(b"not gzip at all")
+    result = invoke("run", "--data", "eurusd_ticks.csv.gz")
+    assert result.exit_code == 2 and "gzip" in result.output.lower()
+    result = invoke("run", "--bus", "sqlite://host/x.db", "--fresh")
+    assert result.exit_code == 2 and "error" in result.output
+
+
 def test_replay_of_an_unknown_topic(workdir, small_ticks):
     invoke("run", "--data", str(small_ticks))
     result = invoke("replay", "--topic", "no-such-topic")

@@ -73,7 +73,7 @@ def run(
     if missing:
         raise fail(f"no such data file: {', '.join(missing)}")
     if fresh:
-        _delete_sqlite_file(settings.bus.url)
+        _delete_bus_file(settings.bus.url)
     bus_obj = open_or_exit(settings.bus.url, create=True)
     try:
         from tradepipe.events.types import MARKET_DATA
@@ -92,6 +92,8 @@ def run(
                 bus_obj,
                 on_progress=lambda n: progress.advance(task, n),
             )
+    except (OSError, ValueError, BusError) as exc:  # unreadable data, bus trouble: no traceback
+        raise fail(f"{type(exc).__name__}: {exc}") from None
     finally:
         bus_obj.close()
     _print_summary(summary)
@@ -113,13 +115,21 @@ def _count_rows(path: Path) -> int:
         return max(sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b"")) - 1, 0)
 
 
-def _delete_sqlite_file(url: str) -> None:
+def _delete_bus_file(url: str) -> None:
+    """--fresh: remove a SQLite bus file, but only one that really is a tradepipe bus."""
     from tradepipe.bus.sqlite import parse_url
 
-    if url.startswith("sqlite:"):
-        path = parse_url(url).path
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
+    if not url.startswith("sqlite:"):
+        return
+    try:
+        path = Path(parse_url(url).path)
+        if not path.exists():
+            return
+        open_bus(url, create=False).close()  # refuses a file that is not a tradepipe bus
+    except BusError as exc:
+        raise fail(f"--fresh refused: {exc}") from None
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
 
 
 def _print_summary(summary: dict) -> None:

@@ -3,7 +3,7 @@
 The file is ``--config PATH``, else ``$TRADEPIPE_CONFIG``, else ``./tradepipe.toml`` if it
 exists. Environment variables are ``TRADEPIPE_<SECTION>__<FIELD>``, e.g.
 ``TRADEPIPE_BUS__URL=memory://``. Unknown keys and bad values fail at start with the field's
-dotted name (``bus.partitions``) and where the value came from.
+dotted name (``bus.partitions``) and the sources that were read (file, environment).
 """
 
 from __future__ import annotations

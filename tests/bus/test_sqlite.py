@@ -321,3 +321,25 @@ def test_values_the_log_cannot_hold_are_refused_at_send(url):
         bus.close()
         with pytest.raises(BusError):
             bus.producer()
+
+
+def test_a_damaged_batch_is_a_bus_error_naming_where(tmp_path):
+    import sqlite3
+
+    from tradepipe.bus import BusError, open_bus
+
+    url = f"sqlite:///{tmp_path}/bus.db"
+    with open_bus(url) as bus:
+        bus.create_topic("t", 1)
+        producer = bus.producer()
+        producer.send("t", b"x", b"k")
+        producer.flush()
+    db = sqlite3.connect(tmp_path / "bus.db")
+    db.execute("UPDATE batches SET records = x'c1c1c1'")
+    db.commit()
+    db.close()
+    with open_bus(url) as bus:
+        consumer = bus.consumer(None)
+        consumer.assign([("t", 0)])
+        with pytest.raises(BusError, match="corrupt record batch in 't' partition 0 at offset 0"):
+            consumer.poll()

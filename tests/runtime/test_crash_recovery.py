@@ -47,7 +47,7 @@ def start_worker(url: str) -> subprocess.Popen:
 def handled_so_far(path: Path) -> int:
     store = SQLiteCheckpointStore(path)
     try:
-        checkpoint = store.load("tick-stats", "tick-stats")
+        checkpoint = store.load("tick-stats", "tick-stats", "tick-stats-0")
         return 0 if checkpoint is None else checkpoint.handled
     finally:
         store.close()
@@ -68,7 +68,7 @@ def kill_after(worker: subprocess.Popen, path: Path, handled_at_least: int, rng:
 def final_state(path: Path):
     store = SQLiteCheckpointStore(path)
     try:
-        return store.load("tick-stats", "tick-stats")
+        return store.load("tick-stats", "tick-stats", "tick-stats-0")
     finally:
         store.close()
 

@@ -74,7 +74,8 @@ class BusClosedError(BusError):
 
 
 class Producer(ABC):
-    """Buffers records; :meth:`flush` makes them durable and visible (one batch per flush)."""
+    """Buffers records; after :meth:`flush` returns they are durable (as the backend can make
+    them) and visible to consumers. A backend may make them visible sooner (memory does)."""
 
     @abstractmethod
     def send(
@@ -123,6 +124,11 @@ class Consumer(ABC):
         """The offset of the next record :meth:`poll` returns for ``tp``."""
 
     @abstractmethod
+    def positions(self) -> dict[TopicPartition, int]:
+        """Next offset per partition assigned as of the last poll, without rebalancing: what
+        a checkpoint records as handled."""
+
+    @abstractmethod
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` on (the partition must be assigned)."""
 
@@ -136,9 +142,9 @@ class Consumer(ABC):
 
     @abstractmethod
     def set_start_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Where to start reading these partitions whenever they are (re)assigned, instead of
-        the group's commit: a service restoring a checkpoint resumes from the positions its
-        snapshot reflects (Kafka clients do the same in an on_assign callback)."""
+        """Where to start reading these partitions when they are next assigned, instead of the
+        group's commit (each offset is used once): a service restoring a checkpoint resumes
+        from the positions its snapshot reflects (Kafka clients do this in on_assign)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -292,7 +298,7 @@ class LogConsumer(Consumer):
 
     def _starting_offset(self, tp: TopicPartition) -> int:
         if tp in self._start_offsets:
-            return self._start_offsets[tp]
+            return self._start_offsets.pop(tp)
         committed = self._load_committed(tp) if self.group is not None else None
         if committed is not None:
             return committed
@@ -344,9 +350,12 @@ class LogConsumer(Consumer):
 
     def set_start_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
         self._start_offsets = dict(offsets)
-        for tp, offset in offsets.items():
+        for tp in list(self._start_offsets):
             if tp in self._positions:
-                self._positions[tp] = offset
+                self._positions[tp] = self._start_offsets.pop(tp)
+
+    def positions(self) -> dict[TopicPartition, int]:
+        return dict(self._positions)
 
     def assignment(self) -> frozenset[TopicPartition]:
         self._check_open()

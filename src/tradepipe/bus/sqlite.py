@@ -94,7 +94,17 @@ CREATE TABLE group_members (
 Headers = tuple[tuple[str, bytes], ...]
 Entry = tuple[int, bytes | None, bytes, Headers]  # (ts_ms, key, value, headers), one record of a batch
 _encode_batch = msgspec.msgpack.Encoder().encode
-_decode_batch = msgspec.msgpack.Decoder(list[Entry]).decode
+_batch_decoder = msgspec.msgpack.Decoder(list[Entry])
+
+
+def _decode_batch(blob: bytes, topic: str, partition: int, base_offset: int) -> list[Entry]:
+    """A stored batch's records; a damaged blob is a BusError naming where it is."""
+    try:
+        return _batch_decoder.decode(blob)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BusError(
+            f"corrupt record batch in {topic!r} partition {partition} at offset {base_offset}: {exc}"
+        ) from None
 
 
 _BYTES = (bytes, bytearray, memoryview)
@@ -442,7 +452,7 @@ class SQLiteConsumer(LogConsumer):
                         entries = cached_entries
                     else:
                         # Keep the last batch per partition: polls mostly read it in slices.
-                        entries = _decode_batch(blob)
+                        entries = _decode_batch(blob, topic, partition, base)
                         self._decoded[log_id] = (base, entries)
                     start = max(offset - base, 0)
                     for i, (ts, key, value, headers) in enumerate(entries[start:start + limit - len(out)], base + start):
@@ -559,7 +569,7 @@ class SQLiteBus(Bus):
             )
             if rows:
                 base, blob = rows[0]
-                end = next(base + i for i, entry in enumerate(_decode_batch(blob)) if entry[0] >= timestamp_ms)
+                end = next(base + i for i, entry in enumerate(_decode_batch(blob, topic, partition, base)) if entry[0] >= timestamp_ms)
             out[partition] = end
         return out
 

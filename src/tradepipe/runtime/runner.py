@@ -24,11 +24,11 @@ from tenacity import Retrying, stop_after_attempt, wait_exponential
 
 from tradepipe.bus.base import DEFAULT_PARTITIONS, Bus, Record
 from tradepipe.events.codec import Codec, DecodeError, JsonCodec
-from tradepipe.events.envelope import Event
+from tradepipe.events.envelope import Event, utc_from_ms
 from tradepipe.events.types import ALL_TOPICS, DeadLetter
 from tradepipe.runtime.clock import Clock, EventClock
 from tradepipe.runtime.service import Context, Service
-from tradepipe.runtime.store import Checkpoint, CheckpointStore, checkpoint_store_for, now_ms
+from tradepipe.runtime.store import Checkpoint, CheckpointStore, checkpoint_store_for, now_ms, publish
 
 
 class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,16 +86,14 @@ def ensure_topics(bus: Bus, topics: Iterable[str] = ALL_TOPICS, partitions: int 
         bus.create_topic(topic, partitions)
 
 
-def publish(producer, codec: Codec, events: Iterable[Event]) -> int:
-    count = 0
-    for event in events:
-        producer.send(event.topic, codec.encode(event), event.key, timestamp_ms=event.timestamp_ms)
-        count += 1
-    return count
-
-
 class ServiceRunner:
-    """Runs one service against a bus in the calling thread."""
+    """Runs one instance of a service against a bus in the calling thread.
+
+    ``instance_id`` names this instance (Kafka's static membership): a restart with the same
+    id takes over its partitions at once and restores its checkpoint. Run several instances
+    of one service with distinct ids. Handlers must not change their state before they can
+    fail: a failed attempt is retried on the same state.
+    """
 
     def __init__(
         self,
@@ -116,13 +114,15 @@ class ServiceRunner:
         self.group = group or service.name
         self.codec = codec or JsonCodec()
         self.config = config
+        self.instance_id = instance_id or f"{service.name}-0"
+        self._owns_checkpoints = checkpoints is None
         self.checkpoints = checkpoints or checkpoint_store_for(bus)
         self.ctx = Context(service.name, clock or EventClock())
         self.stats = RunnerStats()
         self._dedup = DedupWindow(config.dedup_window)
         self._since_checkpoint = 0
         self._lifetime_handled = 0
-        self.consumer = bus.consumer(self.group, service.inputs, instance_id=instance_id)
+        self.consumer = bus.consumer(self.group, service.inputs, instance_id=self.instance_id)
         self.producer = bus.producer()
         self._retrying = Retrying(
             stop=stop_after_attempt(config.max_attempts),
@@ -134,7 +134,7 @@ class ServiceRunner:
 
     # -- lifecycle --------------------------------------------------------------------------
     def _restore(self) -> None:
-        checkpoint = self.checkpoints.load(self.service.name, self.group)
+        checkpoint = self.checkpoints.load(self.service.name, self.group, self.instance_id)
         if checkpoint is None:
             return
         self.service.restore(checkpoint.state)
@@ -145,7 +145,7 @@ class ServiceRunner:
     def checkpoint(self) -> Checkpoint:
         """Snapshot state + positions + dedup window in one write, then commit the positions."""
         self.producer.flush()
-        positions = {tp: self.consumer.position(tp) for tp in self.consumer.assignment()}
+        positions = self.consumer.positions()  # as of the last poll: what the state reflects
         checkpoint = Checkpoint(
             positions=[(tp.topic, tp.partition, offset) for tp, offset in sorted(positions.items())],
             state=self.service.snapshot(),
@@ -153,10 +153,9 @@ class ServiceRunner:
             handled=self._lifetime_handled,
             saved_ms=now_ms(),
         )
-        self.checkpoints.save(self.service.name, self.group, checkpoint)
+        self.checkpoints.save(self.service.name, self.group, self.instance_id, checkpoint)
         if positions:
             self.consumer.commit(positions)
-        self.consumer.set_start_offsets(positions)
         self._since_checkpoint = 0
         self.stats.checkpoints += 1
         return checkpoint
@@ -164,6 +163,8 @@ class ServiceRunner:
     def close(self) -> None:
         self.consumer.close()
         self.producer.close()
+        if self._owns_checkpoints:
+            self.checkpoints.close()
 
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> int:
@@ -171,7 +172,7 @@ class ServiceRunner:
         number of records polled (0 when there was nothing)."""
         records = self.consumer.poll(self.config.batch_size, self.config.poll_timeout_s)
         if records:
-            self._finish_batch(self.process(records))
+            self.handle_batch(records)
         return len(records)
 
     def run(self, *, until_idle: bool = False, stop: threading.Event | None = None) -> RunnerStats:
@@ -192,14 +193,11 @@ class ServiceRunner:
                 return False
         return True
 
-    def process(self, records: list[Record]) -> list[Event]:
-        """Handle a batch: the events to publish (outputs and dead letters)."""
+    def handle_batch(self, records: list[Record]) -> None:
+        """Handle polled records, publish their outputs and dead letters, checkpoint if due."""
         outputs: list[Event] = []
         for record in records:
             outputs.extend(self._handle_record(record))
-        return outputs
-
-    def _finish_batch(self, outputs: list[Event]) -> None:
         self.stats.emitted += publish(self.producer, self.codec, outputs)
         self.producer.flush()
         if self._since_checkpoint >= self.config.checkpoint_every:
@@ -241,14 +239,17 @@ class ServiceRunner:
             source_offset=record.offset,
             original_type=event.type if event is not None else None,
             original=record.value,
-            **({} if event is not None else {"timestamp": self.ctx.now()}),
+            # an undecodable record has no event time of its own: use the record's, so the
+            # dead letter's id is the same when the record is re-read after a restart
+            **({} if event is not None else {"timestamp": utc_from_ms(record.timestamp_ms)}),
         )
 
 
 class AsyncServiceRunner:
-    """The same loop for asyncio programs: blocking bus calls run in a worker thread, the
-    handler runs on the event loop thread; one batch is in flight at a time, so per-partition
-    order and the checkpoint rule hold as in :class:`ServiceRunner`."""
+    """The same loop for asyncio programs: each poll and each batch (handling, retry backoff,
+    publishing) runs in a worker thread, so the event loop stays free; one batch is in flight
+    at a time, so per-partition order and the checkpoint rule hold as in
+    :class:`ServiceRunner`."""
 
     def __init__(self, runner: ServiceRunner) -> None:
         self.runner = runner
@@ -258,8 +259,7 @@ class AsyncServiceRunner:
         while stop is None or not stop.is_set():
             records = await asyncio.to_thread(r.consumer.poll, r.config.batch_size, r.config.poll_timeout_s)
             if records:
-                outputs = r.process(records)
-                await asyncio.to_thread(r._finish_batch, outputs)
+                await asyncio.to_thread(r.handle_batch, records)
             elif until_idle and await asyncio.to_thread(r.caught_up):
                 break
         await asyncio.to_thread(r.checkpoint)

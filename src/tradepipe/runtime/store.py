@@ -5,9 +5,10 @@ replay them from an offset or a timestamp.
 
 A :class:`Checkpoint` is what a restarted service resumes from: its snapshot, the input
 positions that snapshot reflects, and the ids it has seen lately (deduplication window).
-All three are saved in one write, so state and positions can never disagree; a service that
-crashes re-handles only what came after its last checkpoint, and because outputs get
-deterministic ids, downstream deduplication drops the repeats.
+All three are saved in one write, so state and positions never disagree; the group commit
+that follows is advisory (lag, tools) because a restarted instance resumes from its
+checkpoint. A crashed service re-handles only what came after its last checkpoint, and
+because outputs get deterministic ids, downstream deduplication drops the repeats.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from tradepipe.bus.base import Bus, Record, TopicPartition
+from tradepipe.bus.base import Bus, Producer, Record, TopicPartition
 from tradepipe.events.codec import Codec, DecodeError, JsonCodec
 from tradepipe.events.envelope import Event
 
@@ -40,12 +41,16 @@ class Checkpoint(msgspec.Struct, frozen=True):
 
 
 class CheckpointStore:
-    """Where services keep checkpoints, keyed by (service, group)."""
+    """Where services keep checkpoints, keyed by (service, group, instance).
 
-    def save(self, service: str, group: str, checkpoint: Checkpoint) -> None:
+    Each instance of a service checkpoints the partitions it owns; stable instance ids
+    (static membership) give a restarted instance back its partitions and its state.
+    """
+
+    def save(self, service: str, group: str, instance: str, checkpoint: Checkpoint) -> None:
         raise NotImplementedError
 
-    def load(self, service: str, group: str) -> Checkpoint | None:
+    def load(self, service: str, group: str, instance: str) -> Checkpoint | None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -54,13 +59,13 @@ class CheckpointStore:
 
 class MemoryCheckpointStore(CheckpointStore):
     def __init__(self) -> None:
-        self._data: dict[tuple[str, str], bytes] = {}
+        self._data: dict[tuple[str, str, str], bytes] = {}
 
-    def save(self, service: str, group: str, checkpoint: Checkpoint) -> None:
-        self._data[(service, group)] = msgspec.msgpack.encode(checkpoint)
+    def save(self, service: str, group: str, instance: str, checkpoint: Checkpoint) -> None:
+        self._data[(service, group, instance)] = msgspec.msgpack.encode(checkpoint)
 
-    def load(self, service: str, group: str) -> Checkpoint | None:
-        raw = self._data.get((service, group))
+    def load(self, service: str, group: str, instance: str) -> Checkpoint | None:
+        raw = self._data.get((service, group, instance))
         return None if raw is None else msgspec.msgpack.decode(raw, type=Checkpoint)
 
 
@@ -73,19 +78,20 @@ class SQLiteCheckpointStore(CheckpointStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS checkpoints (service TEXT, group_id TEXT, body BLOB NOT NULL,"
-            " saved_ms INTEGER NOT NULL, PRIMARY KEY (service, group_id))"
+            "CREATE TABLE IF NOT EXISTS checkpoints (service TEXT, group_id TEXT, instance TEXT,"
+            " body BLOB NOT NULL, saved_ms INTEGER NOT NULL, PRIMARY KEY (service, group_id, instance))"
         )
 
-    def save(self, service: str, group: str, checkpoint: Checkpoint) -> None:
+    def save(self, service: str, group: str, instance: str, checkpoint: Checkpoint) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
-            (service, group, msgspec.msgpack.encode(checkpoint), checkpoint.saved_ms),
+            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+            (service, group, instance, msgspec.msgpack.encode(checkpoint), checkpoint.saved_ms),
         )
 
-    def load(self, service: str, group: str) -> Checkpoint | None:
+    def load(self, service: str, group: str, instance: str) -> Checkpoint | None:
         row = self._db.execute(
-            "SELECT body FROM checkpoints WHERE service = ? AND group_id = ?", (service, group)
+            "SELECT body FROM checkpoints WHERE service = ? AND group_id = ? AND instance = ?",
+            (service, group, instance),
         ).fetchone()
         return None if row is None else msgspec.msgpack.decode(row[0], type=Checkpoint)
 
@@ -109,6 +115,15 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def publish(producer: Producer, codec: Codec, events: Iterable[Event]) -> int:
+    """Send each event to its type's topic, keyed by symbol, stamped with event time."""
+    count = 0
+    for event in events:
+        producer.send(event.topic, codec.encode(event), event.key, timestamp_ms=event.timestamp_ms)
+        count += 1
+    return count
+
+
 class StoredEvent(msgspec.Struct, frozen=True):
     """A replayed record and its decoded event (``error`` set instead if it did not decode)."""
 
@@ -126,12 +141,7 @@ class EventStore:
         self._producer = bus.producer()
 
     def append(self, events: Iterable[Event]) -> int:
-        count = 0
-        for event in events:
-            self._producer.send(
-                event.topic, self.codec.encode(event), event.key, timestamp_ms=event.timestamp_ms
-            )
-            count += 1
+        count = publish(self._producer, self.codec, events)
         self._producer.flush()
         return count
 
