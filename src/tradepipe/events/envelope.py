@@ -70,6 +70,22 @@ def new_event_id() -> uuid.UUID:
     return uuid7()
 
 
+# UUIDv7 layout: 48-bit ms | version 7 (4 bits) | 12 bits | variant 0b10 (2 bits) | 62 bits
+_V7_CLEAR = ~((0xF << 76) | (0b11 << 62)) & ((1 << 128) - 1)
+_V7_SET = (0x7 << 76) | (0b10 << 62)
+_new_uuid = object.__new__
+_set_slot = object.__setattr__
+
+
+def _uuid_from_int(value: int) -> uuid.UUID:
+    """``uuid.UUID(int=value)`` without its argument checking (2x cheaper on the hot path);
+    ``value`` is already a valid 128-bit integer."""
+    u = _new_uuid(uuid.UUID)
+    _set_slot(u, "int", value)
+    _set_slot(u, "is_safe", uuid.SafeUUID.unknown)
+    return u
+
+
 def derived_event_id(parent: uuid.UUID | bytes | str, index: int, at: datetime) -> uuid.UUID:
     """A deterministic UUIDv7: time bits from ``at``, random bits from (parent, index).
 
@@ -82,12 +98,9 @@ def derived_event_id(parent: uuid.UUID | bytes | str, index: int, at: datetime) 
     elif isinstance(parent, str):
         parent = parent.encode()
     digest = hashlib.blake2b(parent + index.to_bytes(4, "big"), digest_size=10).digest()
-    ms = int(at.timestamp() * 1000) & ((1 << 48) - 1)
-    rand = int.from_bytes(digest, "big")  # 80 bits; 74 are used
-    rand_a = rand >> 68 & 0xFFF
-    rand_b = rand & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-    return uuid.UUID(int=value)
+    ms = int(at.timestamp() * 1000) & 0xFFFF_FFFF_FFFF
+    raw = int.from_bytes(ms.to_bytes(6, "big") + digest, "big")
+    return _uuid_from_int((raw & _V7_CLEAR) | _V7_SET)
 
 
 def utc_from_ms(ms: int) -> datetime:
