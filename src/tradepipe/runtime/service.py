@@ -86,6 +86,11 @@ class Service:
     def handle(self, event: Event, ctx: Context) -> Iterable[Event]:
         raise NotImplementedError
 
+    def on_timer(self, ctx: Context) -> Iterable[Event]:
+        """Called by live runners when no input arrived for a while (wall clock only, never
+        in event-time backtests): e.g. close a bar after a period of inactivity."""
+        return ()
+
     def snapshot(self) -> Any:
         """State to persist at a checkpoint (msgspec-serialisable); None if stateless."""
         return None
