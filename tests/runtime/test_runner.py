@@ -208,3 +208,32 @@ def test_instances_of_one_group_keep_their_own_checkpoints(runtime_bus):
     b.close()
     restored = [ServiceRunner(TickStats(), runtime_bus, instance_id=i, config=FAST_RETRY) for i in "ab"]
     assert [r.service.snapshot() for r in restored] == [a.service.snapshot(), b.service.snapshot()]
+
+
+class Heartbeat(Service):
+    """Emits an AlertRaised on every timer call: shows the live runner calls on_timer."""
+
+    name = "heartbeat"
+    inputs = (MARKET_DATA,)
+
+    def handle(self, event, ctx):
+        return []
+
+    def on_timer(self, ctx):
+        from tradepipe.events import AlertRaised
+
+        return [ctx.emit(AlertRaised, rule="idle", severity="info", message="no input")]
+
+
+def test_on_timer_runs_live_only(runtime_bus):
+    from tradepipe.events import SYSTEM
+    from tradepipe.runtime import WallClock
+
+    quick = RunnerConfig(poll_timeout_s=0.0)
+    ServiceRunner(Heartbeat(), runtime_bus, group="backtest", config=quick).step()
+    assert replay(runtime_bus, SYSTEM) == []  # event time: the clock only moves with events
+    live = ServiceRunner(Heartbeat(), runtime_bus, group="live", config=quick, clock=WallClock())
+    live.step()
+    live.step()
+    alerts = replay(runtime_bus, SYSTEM)
+    assert [a.rule for a in alerts] == ["idle", "idle"] and alerts[0].metadata.producer == "heartbeat"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import msgspec
 from tenacity import Retrying, stop_after_attempt, wait_exponential
@@ -26,7 +26,7 @@ from tradepipe.bus.base import DEFAULT_PARTITIONS, Bus, Record
 from tradepipe.events.codec import Codec, DecodeError, JsonCodec
 from tradepipe.events.envelope import Event, utc_from_ms
 from tradepipe.events.types import ALL_TOPICS, DeadLetter
-from tradepipe.runtime.clock import Clock, EventClock
+from tradepipe.runtime.clock import Clock, EventClock, WallClock
 from tradepipe.runtime.service import Context, Service
 from tradepipe.runtime.store import Checkpoint, CheckpointStore, checkpoint_store_for, now_ms, publish
 
@@ -118,6 +118,7 @@ class ServiceRunner:
         self._owns_checkpoints = checkpoints is None
         self.checkpoints = checkpoints or checkpoint_store_for(bus)
         self.ctx = Context(service.name, clock or EventClock())
+        self._live = isinstance(self.ctx.clock, WallClock)
         self.stats = RunnerStats()
         self._dedup = DedupWindow(config.dedup_window)
         self._since_checkpoint = 0
@@ -173,7 +174,18 @@ class ServiceRunner:
         records = self.consumer.poll(self.config.batch_size, self.config.poll_timeout_s)
         if records:
             self.handle_batch(records)
+        elif self._live:
+            self._on_timer()
         return len(records)
+
+    def _on_timer(self) -> None:
+        """Live only: let the service act on the passing of time (e.g. flush idle bars)."""
+        now = self.ctx.now()
+        self.ctx.begin(None, key=f"timer|{self.instance_id}|{now.isoformat()}".encode())
+        outputs = list(self.service.on_timer(self.ctx))
+        if outputs:
+            self.stats.emitted += publish(self.producer, self.codec, outputs)
+            self.producer.flush()
 
     def run(self, *, until_idle: bool = False, stop: threading.Event | None = None) -> RunnerStats:
         """Loop until ``stop`` is set or, with ``until_idle``, until every assigned partition
@@ -246,9 +258,9 @@ class ServiceRunner:
 
 
 class AsyncServiceRunner:
-    """The same loop for asyncio programs: each poll and each batch (handling, retry backoff,
-    publishing) runs in a worker thread, so the event loop stays free; one batch is in flight
-    at a time, so per-partition order and the checkpoint rule hold as in
+    """The same loop for asyncio programs: each step (poll, handling with retry backoff,
+    publishing, checkpoint) runs in a worker thread, so the event loop stays free; one step is
+    in flight at a time, so per-partition order and the checkpoint rule hold as in
     :class:`ServiceRunner`."""
 
     def __init__(self, runner: ServiceRunner) -> None:
@@ -257,40 +269,7 @@ class AsyncServiceRunner:
     async def run(self, *, until_idle: bool = False, stop: asyncio.Event | None = None) -> RunnerStats:
         r = self.runner
         while stop is None or not stop.is_set():
-            records = await asyncio.to_thread(r.consumer.poll, r.config.batch_size, r.config.poll_timeout_s)
-            if records:
-                await asyncio.to_thread(r.handle_batch, records)
-            elif until_idle and await asyncio.to_thread(r.caught_up):
+            if await asyncio.to_thread(r.step) == 0 and until_idle and await asyncio.to_thread(r.caught_up):
                 break
         await asyncio.to_thread(r.checkpoint)
         return r.stats
-
-
-def pump(
-    items: Iterable,
-    handle: Callable[[object, Context], list[Event]],
-    ctx: Context,
-    bus: Bus,
-    *,
-    codec: Codec | None = None,
-    batch_size: int = 5000,
-    on_batch: Callable[[int], None] | None = None,
-) -> int:
-    """Feed a source (files, a generator, a live feed) through ``handle`` into the bus,
-    flushing every ``batch_size`` items; returns the number of events written."""
-    codec = codec or JsonCodec()
-    producer = bus.producer()
-    written = pending = 0
-    for item in items:
-        written += publish(producer, codec, handle(item, ctx))
-        pending += 1
-        if pending >= batch_size:
-            producer.flush()
-            if on_batch:
-                on_batch(pending)
-            pending = 0
-    producer.flush()
-    if on_batch and pending:
-        on_batch(pending)
-    return written
-
