@@ -28,7 +28,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
@@ -144,8 +144,8 @@ def detect_kind(path: str | Path) -> Literal["ticks", "bars"]:
 
 # --- timestamps ----------------------------------------------------------------------------
 
-def _ms_since_epoch(moment: datetime) -> int:
-    """Exact integer milliseconds (no float rounding); naive datetimes are UTC."""
+def ms_since_epoch(moment: datetime) -> int:
+    """Epoch milliseconds of ``moment``, exact (no float rounding); naive datetimes are UTC."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // _MS
@@ -153,7 +153,7 @@ def _ms_since_epoch(moment: datetime) -> int:
 
 def iso_to_ms(text: str) -> int:
     """Any ISO-8601 timestamp (``Z`` or an offset; naive means UTC) to epoch ms."""
-    return _ms_since_epoch(datetime.fromisoformat(text))
+    return ms_since_epoch(datetime.fromisoformat(text))
 
 
 def _minute_cached_parser(
@@ -199,7 +199,7 @@ def _iso_ticks_time() -> Callable[[str], int]:
 
 
 def _histdata_minute_ms(minute: str) -> int:
-    return _ms_since_epoch(datetime.strptime(minute, "%Y%m%d %H%M")) + HISTDATA_UTC_OFFSET_MS
+    return ms_since_epoch(datetime.strptime(minute, "%Y%m%d %H%M")) + HISTDATA_UTC_OFFSET_MS
 
 
 def _histdata_time() -> Callable[[str], int]:
@@ -211,7 +211,7 @@ def _histdata_time() -> Callable[[str], int]:
 
 
 def _dukascopy_minute_ms(minute: str) -> int:
-    return _ms_since_epoch(datetime.strptime(minute, "%d.%m.%Y %H:%M"))
+    return ms_since_epoch(datetime.strptime(minute, "%d.%m.%Y %H:%M"))
 
 
 def _dukascopy_any_ms(text: str) -> int:
@@ -221,7 +221,7 @@ def _dukascopy_any_ms(text: str) -> int:
     moment = datetime.strptime(stamp, layout)
     if offset:
         moment = moment.replace(tzinfo=datetime.strptime(offset, "%z").tzinfo)
-    return _ms_since_epoch(moment)
+    return ms_since_epoch(moment)
 
 
 def _dukascopy_time() -> Callable[[str], int]:
@@ -334,12 +334,13 @@ def timeframe_from_ms(length_ms: int) -> str:
     raise ValueError(f"{length_ms} ms is not a whole number of seconds")
 
 
-def _timeframe_from_name(name: str) -> str | None:
+def timeframe_from_name(name: str) -> str | None:
+    """The timeframe named in a file name (``_m1_`` → ``1m``, ``_h1.`` → ``1h``), else None."""
     match = _TIMEFRAME_IN_NAME.search(name)
     return f"{int(match.group(2))}{match.group(1).lower()}" if match else None
 
 
-_SPACING_ROWS = 20  # rows looked at to infer a timeframe from bar spacing
+SPACING_ROWS = 20  # rows looked at to infer a timeframe from bar spacing
 
 
 def read_bars(
@@ -357,7 +358,7 @@ def read_bars(
     first = _first_line(path)
     if first.lower() != BARS_HEADER:
         raise ValueError(f"{source}: not a bar file (header {first[:80]!r}, expected {BARS_HEADER!r})")
-    timeframe = timeframe or _timeframe_from_name(source) or _timeframe_from_spacing(path, symbol)
+    timeframe = timeframe or timeframe_from_name(source) or _timeframe_from_spacing(path, symbol)
     timeframe_ms(timeframe)  # validates it
     with _open_text(path) as lines:
         next(lines)
@@ -387,13 +388,19 @@ def _timeframe_from_spacing(path: Path, symbol: str) -> str:
         next(lines)
         times = [
             bar.ts_ms
-            for position, line in enumerate(islice(lines, _SPACING_ROWS), start=2)
+            for position, line in enumerate(islice(lines, SPACING_ROWS), start=2)
             if isinstance(bar := _parse_bar(line, position, symbol, "1m", path.name), RawBar)
         ]
+    return timeframe_from_spacing(times, path.name)
+
+
+def timeframe_from_spacing(times: Sequence[int], name: str) -> str:
+    """The bar timeframe as the smallest gap between the first bar times (bars are absent for
+    quiet periods, so the smallest gap is the bar length); ``name`` is for the error."""
     gaps = [later - earlier for earlier, later in zip(times, times[1:]) if later > earlier]
     if not gaps:
         raise ValueError(
-            f"{path.name}: cannot infer the bar timeframe (no '_m1_'/'_h1_' in the name and too "
+            f"{name}: cannot infer the bar timeframe (no '_m1_'/'_h1_' in the name and too "
             f"few rows); pass it explicitly, e.g. --timeframe 1m"
         )
     return timeframe_from_ms(min(gaps))
