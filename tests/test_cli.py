@@ -22,6 +22,12 @@ def invoke(*args: str, **kwargs):
     return cli.invoke(app, list(args), catch_exceptions=False, **kwargs)
 
 
+def replayed_ticks(*args: str) -> list[dict]:
+    """The MarketDataReceived events `replay` prints (BarClosed shares their topic)."""
+    lines = invoke("replay", "--topic", "market-data-events", *args).stdout.splitlines()
+    return [e for e in map(json.loads, lines) if e["type"] == "MarketDataReceived"]
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -51,7 +57,11 @@ def test_run_on_the_shipped_sample_writes_the_summary(workdir):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["ticks_in"] == sum(summary["symbols"].values()) > 100_000
     assert set(summary["symbols"]) == {"EURUSD", "NZDUSD"}
-    assert summary["events_written"] == summary["ticks_in"] - summary["ticks_rejected"] + summary["dead_letters"]
+    assert summary["market_data_events"] == summary["ticks_in"] - summary["ticks_rejected"]
+    assert summary["events_written"] == (
+        summary["market_data_events"] + summary["bars"] + summary["features_events"] + summary["dead_letters"]
+    )
+    assert summary["features_events"] == 3 * summary["bars"] > 0  # one per feature service per bar
     assert summary["wall_s"] > 0 and summary["ticks_per_s"] > 0
     assert (workdir / "tradepipe.db").exists()
     assert "ticks_per_s" in result.output
@@ -65,7 +75,7 @@ def test_bad_ticks_are_dead_lettered_and_counted(workdir, small_ticks):
     assert result.exit_code == 0, result.output
     summary = json.loads((workdir / "s.json").read_text())
     assert summary["ticks_in"] == 2003 and summary["ticks_rejected"] == 3
-    assert summary["market_data_events"] == 2000 and summary["events_written"] == 2003
+    assert summary["market_data_events"] == 2000 and summary["dead_letters"] == 3
     letters = invoke("replay", "--topic", "dead-letter")
     reasons = [json.loads(line)["reason"] for line in letters.stdout.splitlines()]
     assert len(reasons) == 3 and all("eurusd_ticks_small.csv line" in r for r in reasons)
@@ -73,34 +83,39 @@ def test_bad_ticks_are_dead_lettered_and_counted(workdir, small_ticks):
 
 def test_replay_prints_seed_shaped_jsonl_from_offset_and_time(workdir, small_ticks):
     assert invoke("run", "--data", str(small_ticks)).exit_code == 0
-    everything = invoke("replay", "--topic", "market-data-events").stdout.splitlines()
+    everything = replayed_ticks()
     assert len(everything) == 2000
-    first = json.loads(everything[0])
+    first = everything[0]
     assert SEED_TICK_KEYS <= set(first) and first["type"] == "MarketDataReceived"
     assert set(first["data"]) == {"bid", "ask", "volume", "timestamp"}
     assert set(first["metadata"]) >= {"version", "producer"} and first["metadata"]["producer"] == "data-bridge"
-    cut = json.loads(everything[1500])["timestamp"]
-    later = invoke("replay", "--topic", "market-data-events", "--from-time", cut).stdout.splitlines()
-    assert all(json.loads(line)["timestamp"] >= cut for line in later) and 0 < len(later) <= 500 + 5
-    tail = invoke("replay", "--topic", "market-data-events", "--from-offset", "1999").stdout.splitlines()
-    assert len(tail) == 1  # one symbol: one partition holds all 2,000
+    cut = everything[1500]["timestamp"]
+    later = replayed_ticks("--from-time", cut)
+    assert all(e["timestamp"] >= cut for e in later) and 0 < len(later) <= 500 + 5
+    bars = [e for e in map(json.loads, invoke("replay", "--topic", "market-data-events").stdout.splitlines())
+            if e["type"] == "BarClosed"]
+    tail = invoke("replay", "--topic", "market-data-events", "--from-offset", str(2000 + len(bars) - 1))
+    assert len(tail.stdout.splitlines()) == 1  # one symbol: one partition holds ticks and bars
     assert len(invoke("replay", "--topic", "market-data-events", "--limit", "7").stdout.splitlines()) == 7
 
 
 def test_topics_list(workdir, small_ticks):
-    invoke("run", "--data", str(small_ticks))
+    invoke("run", "--data", str(small_ticks), "--summary-json", "s.json")
+    summary = json.loads((workdir / "s.json").read_text())
     result = invoke("topics", "list")
     assert result.exit_code == 0
-    row = next(line for line in result.stdout.splitlines() if "market-data-events" in line)
-    assert "2,000" in row and "dead-letter" in result.stdout
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if "-" in line and "│" in line}
+    assert f"{2000 + summary['bars']:,}" in rows["market-data-events"]
+    assert f"{summary['features_events']:,}" in rows["features-calculated"]
+    assert "dead-letter" in rows
 
 
 def test_fresh_replaces_and_append_adds(workdir, small_ticks):
     invoke("run", "--data", str(small_ticks))
     invoke("run", "--data", str(small_ticks), "--append")
-    assert len(invoke("replay", "--topic", "market-data-events").stdout.splitlines()) == 4000
+    assert len(replayed_ticks()) == 4000
     invoke("run", "--data", str(small_ticks), "--fresh")
-    assert len(invoke("replay", "--topic", "market-data-events").stdout.splitlines()) == 2000
+    assert len(replayed_ticks()) == 2000
 
 
 @pytest.mark.parametrize(
@@ -191,3 +206,30 @@ def test_console_script_help():
     for command in ("run", "replay", "topics", "schemas"):
         assert command in result.stdout
     assert subprocess.run([sys.executable, "-m", "tradepipe", "--help"], capture_output=True).returncode == 0
+
+
+def test_run_publishes_bars_and_the_three_feature_groups(workdir, small_ticks):
+    invoke("run", "--data", str(small_ticks), "--summary-json", "s.json")
+    summary = json.loads((workdir / "s.json").read_text())
+    lines = invoke("replay", "--topic", "features-calculated").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert len(events) == summary["features_events"] == 3 * summary["bars"]
+    groups = {e["group"] for e in events}
+    assert groups == {"feature-engineering", "technical-analysis", "market-microstructure"}
+    one_minute = [e for e in events if e["timeframe"] == "1m" and e["group"] == "feature-engineering"]
+    assert set(one_minute[-1]["features"]) == {
+        "rsi", "macd", "macd_signal", "macd_hist", "sma_20", "ema_50", "bb_upper", "bb_middle", "bb_lower", "bb_width"}
+    assert one_minute[0]["features"]["ema_50"] is None  # warming up: null, never NaN
+    assert all(e["barTime"] and e["correlationId"] and e["metadata"]["calculationTime"] for e in events)
+
+
+def test_run_reads_parquet(workdir, small_ticks):
+    from tradepipe.sources.files import read_ticks
+    from tradepipe.sources.parquet import write_parquet_ticks
+
+    rows = write_parquet_ticks(workdir / "eurusd_ticks.parquet", [t for t in read_ticks(small_ticks) if hasattr(t, "bid")])
+    result = invoke("run", "--data", "eurusd_ticks.parquet", "--summary-json", "p.json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "p.json").read_text())
+    assert summary["ticks_in"] == rows == 2002 and summary["symbols"] == {"EURUSD": 2002}
+    assert summary["ticks_rejected"] == 2 and summary["market_data_events"] == 2000  # crossed, NaN

@@ -63,7 +63,8 @@ def run(
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete an existing SQLite bus file first.")] = False,
     append: Annotated[bool, typer.Option("--append", help="Add to a bus that already holds market data.")] = False,
 ) -> None:
-    """Replay recorded market data through the pipeline into the bus and print a summary."""
+    """Replay recorded ticks or bars (CSV or Parquet) through the data bridge, bars and the
+    three feature services into the bus, and print a summary."""
     from tradepipe.pipeline import RunRequest, run_pipeline
     from tradepipe.sources import sample_paths
 
@@ -86,7 +87,7 @@ def run(
             )
         total = sum(_count_rows(p) for p in paths)
         with _progress() as progress:
-            task = progress.add_task("replaying ticks", total=total)
+            task = progress.add_task("ticks -> bars -> features", total=total)
             summary = run_pipeline(
                 RunRequest(paths=paths, symbol=symbol, settings=settings),
                 bus_obj,
@@ -109,7 +110,13 @@ def _progress() -> Progress:
 
 
 def _count_rows(path: Path) -> int:
-    """Data rows in a (gzipped) CSV, for the progress bar's total."""
+    """Data rows in a file, for the progress bar's total: Parquet metadata, or CSV lines."""
+    from tradepipe.sources.parquet import is_parquet
+
+    if is_parquet(path):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rb") as f:
         return max(sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b"")) - 1, 0)

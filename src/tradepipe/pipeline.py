@@ -1,8 +1,9 @@
-"""The pipeline as one job (``tradepipe run``): recorded data -> data bridge -> bus.
+"""The pipeline as one job (``tradepipe run``): recorded data -> data bridge -> bars and
+features -> bus.
 
-This is the kernel later stages hang off (bars and features, models, decisions): the same
-services, run in one process on the embedded SQLite bus with event time, so a run over the
-same files is deterministic. Today it carries the data bridge stage.
+The same services that run as separate processes on a bus run here in the in-process kernel,
+with event time, so a run over the same files is deterministic; every event is written to the
+bus for replay. Later stages (models, decisions) join the list in :func:`pipeline_services`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,29 @@ import msgspec
 from tradepipe.bus.base import Bus
 from tradepipe.config import Settings
 from tradepipe.events.codec import get_codec
-from tradepipe.runtime.runner import ensure_topics, pump
-from tradepipe.runtime.service import Context
+from tradepipe.features.bars import TIMEFRAMES
+from tradepipe.runtime.kernel import InProcessPipeline
+from tradepipe.runtime.runner import ensure_topics
+from tradepipe.runtime.service import Context, Service
+from tradepipe.services.bar_builder import BarBuilder
 from tradepipe.services.data_bridge import DataBridge
-from tradepipe.sources.files import detect_kind, read_bars, read_ticks
+from tradepipe.services.feature_engineering import FeatureEngineering
+from tradepipe.services.market_microstructure import MarketMicrostructure
+from tradepipe.services.technical_analysis import TechnicalAnalysis
+from tradepipe.sources import open_source
 from tradepipe.sources.validation import TickValidator
+
+
+def feature_services(timeframes=TIMEFRAMES) -> list[Service]:
+    """The feature stage, in dispatch order: bars first, so a tick's BarClosed events reach
+    the bar-driven services in the same pass."""
+    timeframes = tuple(timeframes)
+    return [
+        BarBuilder(timeframes=timeframes),
+        MarketMicrostructure(timeframes=timeframes),
+        FeatureEngineering(timeframes=timeframes),
+        TechnicalAnalysis(timeframes=timeframes),
+    ]
 
 
 class RunRequest(msgspec.Struct, frozen=True):
@@ -48,17 +67,20 @@ def run_pipeline(request: RunRequest, bus: Bus, *, on_progress: Callable[[int], 
             per_symbol[item.symbol] += 1
             yield item
 
+    kernel = InProcessPipeline(feature_services(), bus, codec=codec)
     started = time.perf_counter()
-    written = 0
     for path in request.paths:
-        kind = detect_kind(path)
-        if kind == "ticks":
-            items, handle = read_ticks(path, request.symbol), bridge.handle_tick
-        else:
-            items, handle = read_bars(path, request.symbol), bridge.handle_bar
-        before = bridge.rejected
-        written += pump(counted(items, kind), handle, ctx, bus, codec=codec, on_batch=on_progress)
+        kind, items = open_source(path, request.symbol)
+        handle = bridge.handle_tick if kind == "ticks" else bridge.handle_bar
+        before, count = bridge.rejected, 0
+        for count, item in enumerate(counted(items, kind), 1):
+            kernel.feed_all(handle(item, ctx))
+            if on_progress is not None and count % 5000 == 0:
+                on_progress(5000)
+        if on_progress is not None:
+            on_progress(count % 5000)
         rejected[kind] += bridge.rejected - before
+    kernel.close()
     wall_s = time.perf_counter() - started
     ticks_in = items_in["ticks"]
     return {
@@ -68,9 +90,11 @@ def run_pipeline(request: RunRequest, bus: Bus, *, on_progress: Callable[[int], 
         "ticks_rejected": rejected["ticks"],
         "bars_in": items_in["bars"],
         "bars_rejected": rejected["bars"],
-        "events_written": written,
+        "events_written": sum(kernel.counts.values()),
         "market_data_events": bridge.accepted,
-        "dead_letters": bridge.rejected,
+        "bars": kernel.counts["BarClosed"],
+        "features_events": kernel.counts["FeaturesCalculated"],
+        "dead_letters": kernel.counts["DeadLetter"],
         "rejected_by_reason": dict(sorted(bridge.rejected_by_reason.items())),
         "symbols": dict(sorted(per_symbol.items())),
         "wall_s": round(wall_s, 3),
