@@ -10,14 +10,12 @@ put into BENCHMARKS.md under "## Bus and codecs" (replacing that section).
 
 from __future__ import annotations
 
+from common import machine_note, median_time, update_section  # noqa: E402  (bench/ is on sys.path)
+
 import argparse
 import json
-import os
-import platform
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -30,13 +28,6 @@ SYMBOLS = [b"EURUSD", b"NZDUSD", b"GBPUSD", b"USDJPY", b"AUDUSD", b"USDCAD", b"U
 TOPIC = "bench"
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def payloads(n: int) -> list[tuple[bytes, bytes]]:
@@ -107,16 +98,6 @@ def codec_costs(n: int, repeat: int) -> dict[str, float]:
     return out
 
 
-def machine_note() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()}"
 
 
 def main() -> None:
@@ -169,16 +150,6 @@ def main() -> None:
         update_section(args.write, "## Bus and codecs", text)
 
 
-def update_section(path: Path, heading: str, text: str) -> None:
-    """Replace the section starting at ``heading`` (up to the next '## ') or append it."""
-    current = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = current.find(heading)
-    if start < 0:
-        current = current.rstrip("\n") + "\n\n" + text
-    else:
-        end = current.find("\n## ", start + len(heading))
-        current = current[:start] + text + ("" if end < 0 else current[end + 1:])
-    path.write_text(current)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,12 @@ A library that is not installed is reported as such and its column skipped.
 
 from __future__ import annotations
 
+from common import machine_note, median_time, update_section  # noqa: E402  (bench/ is on sys.path)
+
 import argparse
 import csv
 import gzip
-import os
-import platform
-import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,13 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 EURUSD_TICKS = REPO.parent / "shared" / "data" / "eurusd_ticks_2014-05.csv.gz"
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def tick_mids(path: Path) -> np.ndarray:
@@ -113,16 +104,6 @@ def installed(module: str) -> bool:
     return True
 
 
-def machine_note() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()}"
 
 
 def main() -> None:
@@ -214,16 +195,6 @@ def main() -> None:
         update_section(args.write, "## Indicators", text)
 
 
-def update_section(path: Path, heading: str, text: str) -> None:
-    """Replace the section starting at ``heading`` (up to the next '## ') or append it."""
-    current = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = current.find(heading + "\n")
-    if start < 0:
-        current = current.rstrip("\n") + "\n\n" + text
-    else:
-        end = current.find("\n## ", start + len(heading))
-        current = current[:start] + text + ("" if end < 0 else current[end + 1:])
-    path.write_text(current)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import math
 import numpy as np
 from numba import njit
 
-from tradepipe.features.base import IndicatorSet
+from tradepipe.features.base import NumbaIndicatorSet
 
 RSI_PERIOD = 14
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
@@ -269,35 +269,12 @@ def core_history(state, open_, high, low, close, out):
 _compiled_step = core_step.overloads[core_step.signatures[0]].entry_point
 
 
-class CoreIndicators(IndicatorSet):
+class CoreIndicators(NumbaIndicatorSet):
     names = (
         "rsi", "macd", "macd_signal", "macd_hist", "sma_20", "ema_50",
         "bb_upper", "bb_middle", "bb_lower", "bb_width",
     )
 
-    __slots__ = ("state", "_out")
-
-    def __init__(self) -> None:
-        self.state = np.zeros(STATE_SIZE)
-        self._out = np.full(N_OUT, np.nan)
-
-    def update(self, open_: float, high: float, low: float, close: float) -> np.ndarray:
-        _compiled_step(self.state, open_, high, low, close, self._out)
-        # a copy: callers may keep the values of several bars
-        return self._out.copy()
-
-    def history(self, open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
-        series = [np.ascontiguousarray(x, dtype=np.float64) for x in (open_, high, low, close)]
-        if len({len(x) for x in series}) != 1:
-            raise ValueError("open, high, low and close must have the same length")
-        out = np.empty((len(series[3]), N_OUT))
-        core_history(self.state, *series, out)
-        return out
-
-    def snapshot(self) -> list[float]:
-        return self.state.tolist()
-
-    def restore(self, state: list[float]) -> None:
-        if len(state) != STATE_SIZE:
-            raise ValueError(f"CoreIndicators state has {STATE_SIZE} values, got {len(state)}")
-        self.state = np.array(state, dtype=np.float64)
+    state_size = STATE_SIZE
+    step = staticmethod(_compiled_step)
+    history_loop = staticmethod(core_history)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tradepipe.features.base import IndicatorSet
+from tradepipe.features.base import NumbaIndicatorSet
 
 PERIOD = 14  # ATR, ADX and the stochastic's %K window
 SLOWING = 3  # stochastic slow %K and %D SMA periods
@@ -68,8 +68,6 @@ LOW_RING = HIGH_RING + RING
 CLOSE_RING = LOW_RING + RING
 LOG_CLOSE_RING = CLOSE_RING + RING
 STATE_SIZE = LOG_CLOSE_RING + RING
-
-N_VALUES = 10
 
 TA_IS_ZERO = 1e-8  # TA-Lib treats |v| < 1e-8 as zero in ADX's divisions
 
@@ -259,7 +257,7 @@ def technical_history(
         technical_step(state, o[i], h[i], l[i], c[i], out[i])
 
 
-class TechnicalIndicators(IndicatorSet):
+class TechnicalIndicators(NumbaIndicatorSet):
     """ATR(14), Stochastic(14, 3, 3) slow %K/%D, ADX(14), log returns over 1/5/15 bars, and
     TA-Lib's engulfing (±100, ±80 when an open equals the other candle's close), doji (100) and
     hammer (100) pattern values."""
@@ -267,28 +265,6 @@ class TechnicalIndicators(IndicatorSet):
     names = ("atr_14", "stoch_k", "stoch_d", "adx_14", "ret_1", "ret_5", "ret_15",
              "cdl_engulfing", "cdl_doji", "cdl_hammer")
 
-    def __init__(self) -> None:
-        self.state = np.zeros(STATE_SIZE)
-        self.out = np.full(N_VALUES, np.nan)
-
-    def update(self, open_: float, high: float, low: float, close: float) -> np.ndarray:
-        technical_step(self.state, float(open_), float(high), float(low), float(close), self.out)
-        return self.out.copy()
-
-    def history(self, open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
-        arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (open_, high, low, close)]
-        if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
-            raise ValueError("open, high, low and close must be 1-d arrays of one length")
-        values = np.empty((arrays[0].shape[0], N_VALUES))
-        technical_history(self.state, *arrays, values)
-        if len(values):
-            self.out[:] = values[-1]
-        return values
-
-    def snapshot(self) -> list[float]:
-        return self.state.tolist()
-
-    def restore(self, state: list[float]) -> None:
-        if len(state) != STATE_SIZE:
-            raise ValueError(f"expected {STATE_SIZE} state values, got {len(state)}")
-        self.state = np.array(state, dtype=np.float64)
+    state_size = STATE_SIZE
+    step = staticmethod(technical_step)
+    history_loop = staticmethod(technical_history)
