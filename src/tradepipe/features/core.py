@@ -105,163 +105,227 @@ def _window_deviation_sums(state, oldest, shift):
     return dev_sum, dev_sum_sq, dev_sum_sq * INV_BB_PERIOD - dev_mean * dev_mean
 
 
-# error_model="numpy": float division follows IEEE (as TA-Lib's C does) instead of raising;
-# inline="always": history's loop gets the body itself, not a call per bar
-@njit(_STEP_SIGNATURE, cache=True, error_model="numpy", inline="always")
+# The math of one bar is split so that the per-bar part touches no array: ``_advance`` is a
+# pure function of the state's scalars (a tuple), the close and the close leaving the SMA
+# window; the ring buffer (in ``state``) is written and read by the caller, and the rare
+# rebuild of the deviation sums from the window (``_rebuild``, not inlined) reads it. Both
+# ``core_step`` and ``core_history`` run ``_bar``'s sequence; ``core_history`` keeps the
+# scalars in locals for the whole loop (numba then does no reference counting per bar).
+# error_model="numpy": float division follows IEEE (as TA-Lib's C does) instead of raising.
+# The scalar-state tuple holds the state layout's slots BARS..MACD_SIGNAL_EMA, in order.
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _bands(mean, variance):
+    """Bollinger upper, lower and width around ``mean``."""
+    band = (math.sqrt(variance) if variance > 0.0 else 0.0) * BB_DEVIATIONS
+    upper = mean + band
+    lower = mean - band
+    return upper, lower, (upper - lower) / mean
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _advance(s, close, leaving):
+    """One finite close: the new scalar state, the ten values, and whether the deviation sums
+    must be rebuilt from the window (then ``_rebuild`` fixes the sums and the bands)."""
+    (bar, prev_close, avg_gain, avg_loss, window_sum, shift, dev_sum, dev_sum_sq, peak_sum_sq,
+     bars_to_rebuild, ema, slow, fast, signal) = s
+    nan = np.nan
+
+    # RSI: sums of the first RSI_PERIOD gains/losses, then Wilder's smoothing
+    rsi = nan
+    if bar > 0:
+        change = close - prev_close
+        gain = avg_gain
+        loss = avg_loss
+        if bar > RSI_FIRST:
+            loss *= RSI_PERIOD - 1
+            gain *= RSI_PERIOD - 1
+        if change < 0:
+            loss -= change
+        else:
+            gain += change
+        if bar >= RSI_FIRST:
+            loss /= RSI_PERIOD
+            gain /= RSI_PERIOD
+            total = gain + loss
+            rsi = 100.0 * (gain / total) if total > 0.0 else 0.0
+        avg_gain = gain
+        avg_loss = loss
+    prev_close = close
+
+    # SMA(20) and Bollinger(20, 2) share the window: a plain running sum for the mean (the
+    # SMA), and for the deviation sums of (x - shift) and (x - shift)^2 with ``shift`` near
+    # the window's values, so the variance does not cancel two ~price^2 quantities.
+    window_sum = window_sum + close
+    if bar == 0:
+        shift = close
+    deviation = close - shift
+    dev_sum = dev_sum + deviation
+    dev_sum_sq = dev_sum_sq + deviation * deviation
+    # while warming up the sum of squares only grows, so the peak ends at the seed's total
+    peak_sum_sq = max(peak_sum_sq, dev_sum_sq)
+    rebuild = False
+    if bar >= SMA_FIRST:
+        mean = window_sum / SMA_PERIOD
+        dev_mean = dev_sum * INV_BB_PERIOD
+        variance = dev_sum_sq * INV_BB_PERIOD - dev_mean * dev_mean
+        window_sum -= leaving
+        deviation = leaving - shift
+        dev_sum -= deviation
+        dev_sum_sq -= deviation * deviation
+        bars_to_rebuild = (bars_to_rebuild if bar > SMA_FIRST else REBUILD_EVERY) - 1
+        # rounding has become comparable to the variance (or it is time): ``_rebuild``
+        rebuild = variance < 1e-6 * (peak_sum_sq * INV_BB_PERIOD) or bars_to_rebuild <= 0
+        out_sma = mean
+        out_upper, out_lower, out_width = _bands(mean, variance)
+    else:
+        out_sma = nan
+        out_upper = nan
+        out_lower = nan
+        out_width = nan
+
+    # EMA(50); the slot holds the seed sum until the first value
+    if bar < EMA_FIRST:
+        ema = ema + close
+        out_ema = nan
+    else:
+        ema = (ema + close) / EMA_PERIOD if bar == EMA_FIRST else ((close - ema) * K_EMA) + ema
+        out_ema = ema
+
+    # MACD(12, 26, 9): the EMA slots hold their seed sums until the first values
+    macd = nan
+    if bar < MACD_SLOW_FIRST:
+        slow += close
+        if bar >= MACD_FAST_SEED_FROM:
+            fast += close
+    else:
+        if bar == MACD_SLOW_FIRST:
+            slow = (slow + close) / MACD_SLOW
+            fast = (fast + close) / MACD_FAST
+        else:
+            slow = ((close - slow) * K_SLOW) + slow
+            fast = ((close - fast) * K_FAST) + fast
+        macd = fast - slow
+        if bar < MACD_FIRST:
+            signal += macd
+        elif bar == MACD_FIRST:
+            signal = (signal + macd) / MACD_SIGNAL
+        else:
+            signal = ((macd - signal) * K_SIGNAL) + signal
+    if bar >= MACD_FIRST:
+        out_macd = macd
+        out_signal = signal
+        out_hist = macd - signal
+    else:
+        out_macd = nan
+        out_signal = nan
+        out_hist = nan
+
+    return (
+        (bar + 1, prev_close, avg_gain, avg_loss, window_sum, shift, dev_sum, dev_sum_sq,
+         peak_sum_sq, bars_to_rebuild, ema, slow, fast, signal),
+        (rsi, out_macd, out_signal, out_hist, out_sma, out_ema, out_upper, out_sma, out_lower,
+         out_width),
+        rebuild,
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _rebuild(state, s, values, close, leaving):
+    """``_advance``'s result with the deviation sums recomputed from the window around its
+    own mean, as TA-Lib's VAR does (bounded: one window), and the bands from them."""
+    (bar, prev_close, avg_gain, avg_loss, window_sum, shift, dev_sum, dev_sum_sq, peak_sum_sq,
+     bars_to_rebuild, ema, slow, fast, signal) = s
+    oldest = bar % SMA_PERIOD  # ring slot of the value leaving the window (``bar`` is the count)
+    bars_to_rebuild = float(REBUILD_EVERY)
+    total = 0.0
+    for j in range(SMA_PERIOD):
+        total += state[RING + (oldest + j) % SMA_PERIOD]
+    shift = total * INV_BB_PERIOD
+    dev_sum, dev_sum_sq, variance = _window_deviation_sums(state, oldest, shift)
+    if variance < 1e-6 * (dev_sum_sq * INV_BB_PERIOD):
+        # flat to within the mean's rounding: anchor on one of the window's values
+        shift = close
+        dev_sum, dev_sum_sq, variance = _window_deviation_sums(state, oldest, shift)
+    peak_sum_sq = dev_sum_sq
+    if variance < 1e-12 * (dev_sum_sq * INV_BB_PERIOD):
+        variance = 0.0
+    deviation = leaving - shift
+    dev_sum -= deviation
+    dev_sum_sq -= deviation * deviation
+    mean = values[OUT_SMA]
+    upper, lower, width = _bands(mean, variance)
+    return (
+        (bar, prev_close, avg_gain, avg_loss, window_sum, shift, dev_sum, dev_sum_sq,
+         peak_sum_sq, bars_to_rebuild, ema, slow, fast, signal),
+        (values[0], values[1], values[2], values[3], mean, values[5], upper, mean, lower, width),
+    )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _load(state):
+    """The state's scalars as ``_advance``'s tuple (the bar counter as an integer)."""
+    return (
+        np.int64(state[BARS]), state[PREV_CLOSE], state[AVG_GAIN], state[AVG_LOSS],
+        state[WINDOW_SUM], state[VAR_SHIFT], state[VAR_SUM], state[VAR_SUM_SQ],
+        state[VAR_PEAK_SUM_SQ], state[VAR_BARS_TO_REBUILD], state[EMA], state[MACD_SLOW_EMA],
+        state[MACD_FAST_EMA], state[MACD_SIGNAL_EMA],
+    )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _store(state, s):
+    """Write ``_advance``'s scalar tuple back into ``state``."""
+    (state[BARS], state[PREV_CLOSE], state[AVG_GAIN], state[AVG_LOSS], state[WINDOW_SUM],
+     state[VAR_SHIFT], state[VAR_SUM], state[VAR_SUM_SQ], state[VAR_PEAK_SUM_SQ],
+     state[VAR_BARS_TO_REBUILD], state[EMA], state[MACD_SLOW_EMA], state[MACD_FAST_EMA],
+     state[MACD_SIGNAL_EMA]) = s
+
+
+@njit(_STEP_SIGNATURE, cache=True, error_model="numpy")
 def core_step(state, open_, high, low, close, out):
     """Advance ``state`` by one bar's close and write the ten values into ``out``.
 
     Each output is written exactly once (a value, or NaN while warming up).
     """
-    nan = np.nan
     if not math.isfinite(close):
         for j in range(N_OUT):
-            out[j] = nan
-    else:
-        bar = np.int64(state[BARS])
-        state[BARS] = bar + 1
-
-        # RSI: sums of the first RSI_PERIOD gains/losses, then Wilder's smoothing
-        rsi = nan
-        if bar > 0:
-            change = close - state[PREV_CLOSE]
-            gain = state[AVG_GAIN]
-            loss = state[AVG_LOSS]
-            if bar > RSI_FIRST:
-                loss *= RSI_PERIOD - 1
-                gain *= RSI_PERIOD - 1
-            if change < 0:
-                loss -= change
-            else:
-                gain += change
-            if bar >= RSI_FIRST:
-                loss /= RSI_PERIOD
-                gain /= RSI_PERIOD
-                total = gain + loss
-                rsi = 100.0 * (gain / total) if total > 0.0 else 0.0
-            state[AVG_GAIN] = gain
-            state[AVG_LOSS] = loss
-        state[PREV_CLOSE] = close
-        out[OUT_RSI] = rsi
-
-        # SMA(20) and Bollinger(20, 2) share the window: a plain running sum for the mean (the
-        # SMA), and for the deviation sums of (x - shift) and (x - shift)^2 with ``shift`` near
-        # the window's values, so the variance does not cancel two ~price^2 quantities.
-        state[RING + bar % SMA_PERIOD] = close
-        window_sum = state[WINDOW_SUM] + close
-        if bar == 0:
-            state[VAR_SHIFT] = close
-        shift = state[VAR_SHIFT]
-        deviation = close - shift
-        dev_sum = state[VAR_SUM] + deviation
-        dev_sum_sq = state[VAR_SUM_SQ] + deviation * deviation
-        # while warming up the sum of squares only grows, so the peak ends at the seed's total
-        peak_sum_sq = max(state[VAR_PEAK_SUM_SQ], dev_sum_sq)
-        if bar >= SMA_FIRST:
-            mean = window_sum / SMA_PERIOD
-            dev_mean = dev_sum * INV_BB_PERIOD
-            variance = dev_sum_sq * INV_BB_PERIOD - dev_mean * dev_mean
-            oldest = (bar + 1) % SMA_PERIOD  # ring slot of the value leaving the window
-            leaving = state[RING + oldest]
-            window_sum -= leaving
-            deviation = leaving - shift
-            dev_sum -= deviation
-            dev_sum_sq -= deviation * deviation
-            bars_to_rebuild = (state[VAR_BARS_TO_REBUILD] if bar > SMA_FIRST else REBUILD_EVERY) - 1
-            if variance < 1e-6 * (peak_sum_sq * INV_BB_PERIOD) or bars_to_rebuild <= 0:
-                # rounding has become comparable to the variance (or it is time): recompute the
-                # window's sums around its own mean, as TA-Lib's VAR does (bounded: one window)
-                bars_to_rebuild = REBUILD_EVERY
-                total = 0.0
-                for j in range(SMA_PERIOD):
-                    total += state[RING + (oldest + j) % SMA_PERIOD]
-                shift = total * INV_BB_PERIOD
-                dev_sum, dev_sum_sq, variance = _window_deviation_sums(state, oldest, shift)
-                if variance < 1e-6 * (dev_sum_sq * INV_BB_PERIOD):
-                    # flat to within the mean's rounding: anchor on one of the window's values
-                    shift = close
-                    dev_sum, dev_sum_sq, variance = _window_deviation_sums(state, oldest, shift)
-                peak_sum_sq = dev_sum_sq
-                if variance < 1e-12 * (dev_sum_sq * INV_BB_PERIOD):
-                    variance = 0.0
-                deviation = leaving - shift
-                dev_sum -= deviation
-                dev_sum_sq -= deviation * deviation
-            state[VAR_BARS_TO_REBUILD] = bars_to_rebuild
-            band = (math.sqrt(variance) if variance > 0.0 else 0.0) * BB_DEVIATIONS
-            upper = mean + band
-            lower = mean - band
-            out[OUT_SMA] = mean
-            out[OUT_BB_UPPER] = upper
-            out[OUT_BB_MIDDLE] = mean
-            out[OUT_BB_LOWER] = lower
-            out[OUT_BB_WIDTH] = (upper - lower) / mean
-        else:
-            out[OUT_SMA] = nan
-            out[OUT_BB_UPPER] = nan
-            out[OUT_BB_MIDDLE] = nan
-            out[OUT_BB_LOWER] = nan
-            out[OUT_BB_WIDTH] = nan
-        state[WINDOW_SUM] = window_sum
-        state[VAR_SHIFT] = shift
-        state[VAR_SUM] = dev_sum
-        state[VAR_SUM_SQ] = dev_sum_sq
-        state[VAR_PEAK_SUM_SQ] = peak_sum_sq
-
-        # EMA(50); the slot holds the seed sum until the first value
-        ema = state[EMA]
-        if bar < EMA_FIRST:
-            state[EMA] = ema + close
-            out[OUT_EMA] = nan
-        else:
-            ema = (ema + close) / EMA_PERIOD if bar == EMA_FIRST else ((close - ema) * K_EMA) + ema
-            state[EMA] = ema
-            out[OUT_EMA] = ema
-
-        # MACD(12, 26, 9): the EMA slots hold their seed sums until the first values
-        slow = state[MACD_SLOW_EMA]
-        fast = state[MACD_FAST_EMA]
-        signal = state[MACD_SIGNAL_EMA]
-        macd = nan
-        if bar < MACD_SLOW_FIRST:
-            slow += close
-            if bar >= MACD_FAST_SEED_FROM:
-                fast += close
-        else:
-            if bar == MACD_SLOW_FIRST:
-                slow = (slow + close) / MACD_SLOW
-                fast = (fast + close) / MACD_FAST
-            else:
-                slow = ((close - slow) * K_SLOW) + slow
-                fast = ((close - fast) * K_FAST) + fast
-            macd = fast - slow
-            if bar < MACD_FIRST:
-                signal += macd
-            elif bar == MACD_FIRST:
-                signal = (signal + macd) / MACD_SIGNAL
-            else:
-                signal = ((macd - signal) * K_SIGNAL) + signal
-        state[MACD_SLOW_EMA] = slow
-        state[MACD_FAST_EMA] = fast
-        state[MACD_SIGNAL_EMA] = signal
-        if bar >= MACD_FIRST:
-            out[OUT_MACD] = macd
-            out[OUT_SIGNAL] = signal
-            out[OUT_HIST] = macd - signal
-        else:
-            out[OUT_MACD] = nan
-            out[OUT_SIGNAL] = nan
-            out[OUT_HIST] = nan
+            out[j] = np.nan
+        return
+    s = _load(state)
+    # the same sequence as core_history's loop body
+    bar = s[0]
+    state[RING + bar % SMA_PERIOD] = close
+    leaving = state[RING + (bar + 1) % SMA_PERIOD]
+    s, values, rebuild = _advance(s, close, leaving)
+    if rebuild:
+        s, values = _rebuild(state, s, values, close, leaving)
+    _store(state, s)
+    (out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8], out[9]) = values
 
 
 @njit(_HISTORY_SIGNATURE, cache=True, error_model="numpy")
 def core_history(state, open_, high, low, close, out):
-    """``core_step`` over whole series (row i of ``out`` = the values after bar i)."""
-    values = np.empty(N_OUT)  # one scratch row: a view of ``out`` per bar costs more than the copy
+    """``core_step`` over whole series (row i of ``out`` = the values after bar i), with the
+    state's scalars held in locals for the whole loop."""
+    s = _load(state)
     for i in range(close.shape[0]):
-        core_step(state, open_[i], high[i], low[i], close[i], values)
-        for j in range(N_OUT):
-            out[i, j] = values[j]
+        c = close[i]
+        if not math.isfinite(c):
+            for j in range(N_OUT):
+                out[i, j] = np.nan
+            continue
+        # the same sequence as core_step
+        bar = s[0]
+        state[RING + bar % SMA_PERIOD] = c
+        leaving = state[RING + (bar + 1) % SMA_PERIOD]
+        s, values, rebuild = _advance(s, c, leaving)
+        if rebuild:
+            s, values = _rebuild(state, s, values, c, leaving)
+        (out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4], out[i, 5], out[i, 6], out[i, 7],
+         out[i, 8], out[i, 9]) = values
+    _store(state, s)
 
 
 #: the compiled step without the dispatcher's per-call argument type resolution (the signature
