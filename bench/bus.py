@@ -10,7 +10,6 @@ put into BENCHMARKS.md under "## Bus and codecs" (replacing that section).
 
 from __future__ import annotations
 
-from common import machine_note, median_time, update_section  # noqa: E402  (bench/ is on sys.path)
 
 import argparse
 import json
@@ -23,6 +22,7 @@ from pathlib import Path
 from tradepipe.bus import open_bus
 from tradepipe.events import JsonCodec, MarketDataReceived, MsgpackCodec, TickData
 from tradepipe.runtime import Context
+from common import machine_note, median_time, update_section  # bench/ is on sys.path
 
 SYMBOLS = [b"EURUSD", b"NZDUSD", b"GBPUSD", b"USDJPY", b"AUDUSD", b"USDCAD", b"USDCHF", b"EURGBP"]
 TOPIC = "bench"
@@ -148,8 +148,6 @@ def main() -> None:
     print(text)
     if args.write:
         update_section(args.write, "## Bus and codecs", text)
-
-
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ A library that is not installed is reported as such and its column skipped.
 
 from __future__ import annotations
 
-from common import machine_note, median_time, update_section  # noqa: E402  (bench/ is on sys.path)
 
 import argparse
 import csv
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tradepipe.features.core import CoreIndicators
+from common import machine_note, median_time, update_section  # bench/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 EURUSD_TICKS = REPO.parent / "shared" / "data" / "eurusd_ticks_2014-05.csv.gz"
@@ -192,8 +192,6 @@ def main() -> None:
     print(text)
     if args.write:
         update_section(args.write, "## Indicators", text)
-
-
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def test_unknown_symbol_is_a_clear_error_and_shuts_down():
 
 
 def test_close_shuts_the_terminal_connection_down():
-    with source() as mt5:
+    with source():
         assert mt5_standin.is_connected()
     assert not mt5_standin.is_connected()
 
