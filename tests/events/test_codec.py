@@ -59,14 +59,14 @@ T0 = datetime(2024, 1, 20, 10, 30, tzinfo=UTC)
 ROOT = uuid.UUID("018d2a6e-3c70-7000-8000-000000000001")
 
 
-def envelope(i: int, producer: str = "test", **extra) -> dict:
+def envelope(i: int, producer: str = "test", version: str = "1.0", **extra) -> dict:
     return dict(
         event_id=derived_event_id(ROOT, i, T0 + timedelta(milliseconds=i)),
         timestamp=T0 + timedelta(milliseconds=i),
         correlation_id=ROOT,
         causation_id=ROOT if i % 2 else None,
         symbol="EURUSD",
-        metadata=Metadata(producer=producer),
+        metadata=Metadata(version=version, producer=producer),
         **extra,
     )
 
@@ -90,12 +90,12 @@ SAMPLES = [
         features={"rsi": 65.5, "macd": 0.0012, "sma_20": 1.0845, "ema_50": None},
     ),
     PredictionGenerated(
-        **envelope(3, "ml-xgboost-8013"),
+        **envelope(3, "ml-xgboost-8013", PredictionGenerated.schema_version),
         prediction=Prediction(direction="BUY", confidence=0.85, target_price=1.086, stop_loss=1.084, time_horizon="1h"),
         model=ModelInfo(name="XGBoost-v1.2", accuracy=0.72, inference_time="45ms"),
     ),
     TradingSignalGenerated(
-        **envelope(4), direction="SELL", confidence=0.7, timeframe="1m",
+        **envelope(4, version=TradingSignalGenerated.schema_version), direction="SELL", confidence=0.7, timeframe="1m",
         contributors=[Contribution(model="lstm", direction="SELL", confidence=0.8, weight=0.5)],
         missing_models=["lightgbm"],
     ),
@@ -248,7 +248,7 @@ def test_seed_keys_are_a_subset_at_every_level(seed, event):
     assert missing_keys(seed, ours) == []
     for key, value in seed.items():  # same kind of value at each key (object vs scalar)
         assert isinstance(ours[key], dict) == isinstance(value, dict), key
-    assert set(ours) - set(seed) <= {"type", "correlationId", "causationId", "timeframe", "barTime", "group", "fallback"}
+    assert set(ours) - set(seed) <= {"type", "correlationId", "causationId", "timeframe", "barTime", "group", "fallback", "price"}
 
 
 def test_seed_metadata_and_payload_keys_exactly():

@@ -434,8 +434,9 @@ def test_export_keeps_registered_version_as_registered(registry, tmp_path):
 
 def test_export_of_the_repository_registry(tmp_path):
     written = export(tmp_path)
-    assert len(written) == 20
-    assert all(p.name == "1.0.json" for p in written)
+    assert len(written) == 22  # 20 types at 1.0, two of them also at 1.1
+    assert sorted(f"{p.parent.name}/{p.name}" for p in written if p.name != "1.0.json") == [
+        "PredictionGenerated/1.1.json", "TradingSignalGenerated/1.1.json"]
 
 
 def test_generated_schema_is_stable():

@@ -165,12 +165,13 @@ def test_service_emits_feature_engineering_features(real_bars):
         assert event.bar_time == bar.bar_time
         assert event.correlation_id == bar.correlation_id
         assert event.causation_id == bar.event_id
-        assert list(event.features) == list(CoreIndicators.names)
+        assert list(event.features) == [*CoreIndicators.names, "close"]
+        assert event.features["close"] == bar.mid.close
         assert event.metadata.calculation_time.endswith("us")
         assert [event.features[name] for name in CoreIndicators.names] == [
             None if np.isnan(v) else float(v) for v in values
         ]
-    assert all(v is None for v in emitted[0].features.values())  # warming up: null, never NaN
+    assert all(emitted[0].features[name] is None for name in CoreIndicators.names)  # warming up: null, never NaN
     assert emitted[33].features["macd_signal"] is not None
     assert all(v is not None for v in emitted[49].features.values())
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from tradepipe.events.envelope import Event, Metadata
+from tradepipe.events.upcasting import UPCASTERS
 
 Direction = Literal["BUY", "SELL", "HOLD"]
 Side = Literal["BUY", "SELL"]
@@ -109,9 +110,15 @@ class ModelInfo(Payload, frozen=True, kw_only=True):
 
 class PredictionGenerated(Event, frozen=True, kw_only=True):
     topic = PREDICTIONS
+    schema_version = "1.1"
     prediction: Prediction
     model: ModelInfo
     fallback: bool = False  # True when a circuit breaker's fallback produced it
+    # 1.1: the bar predicted from and its mid close, so the ensemble can score the prediction
+    # once the horizon has passed
+    timeframe: str = ""
+    bar_time: datetime | None = None
+    price: float | None = None
 
 
 class Contribution(Payload, frozen=True, kw_only=True):
@@ -123,11 +130,24 @@ class Contribution(Payload, frozen=True, kw_only=True):
 
 class TradingSignalGenerated(Event, frozen=True, kw_only=True):
     topic = SIGNALS
+    schema_version = "1.1"
     direction: Direction
     confidence: float
     timeframe: str = ""
     contributors: list[Contribution] = []
     missing_models: list[str] = []
+    # 1.1: the bar and mid close the signal was made at, and the models' consensus targets
+    bar_time: datetime | None = None
+    price: float | None = None
+    target_price: float | None = None
+    stop_loss: float | None = None
+
+
+# 1.0 -> 1.1 of both only added optional fields: an old document reads as it is.
+@UPCASTERS.register("PredictionGenerated", "1.0", "1.1")
+@UPCASTERS.register("TradingSignalGenerated", "1.0", "1.1")
+def _added_optional_fields(doc: dict) -> dict:
+    return doc
 
 
 class RuleVerdict(Payload, frozen=True, kw_only=True):

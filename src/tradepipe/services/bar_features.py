@@ -22,6 +22,9 @@ from tradepipe.runtime.service import Context, Service
 class BarFeatureService(Service):
     inputs = (MARKET_DATA,)
     indicator_set: ClassVar[type[IndicatorSet]]
+    #: also publish the bar's mid ``close`` (one group does, so the joined vector has the
+    #: reference price that scale-free model inputs and price targets are computed from)
+    publishes_close: ClassVar[bool] = False
 
     def __init__(self, timeframes: Iterable[str] | None = None) -> None:
         #: timeframes to compute; None = every timeframe that arrives
@@ -41,6 +44,8 @@ class BarFeatureService(Service):
         mid = event.mid
         values = indicators.update(mid.open, mid.high, mid.low, mid.close)
         features = indicators.as_features(values)
+        if self.publishes_close:
+            features["close"] = mid.close if mid.close == mid.close else None  # NaN -> null
         elapsed_us = (time.perf_counter() - started) * 1e6
         return [ctx.emit(
             FeaturesCalculated,
