@@ -59,6 +59,44 @@ class DataSettings(Section):
     allow_locked: bool = Field(True, description="accept ask == bid quotes")
 
 
+class ModelSettings(Section):
+    registry: str = Field("models", description="model registry directory")
+    kinds: tuple[Literal["xgboost", "lightgbm", "lstm"], ...] = Field(
+        ("xgboost", "lightgbm", "lstm"), min_length=1, description="model services to run")
+    version: str = Field("latest", description='registry version each service loads: "latest" or a number')
+    timeframe: str = Field("1m", description="bars the models are trained on and predict")
+    horizon: int = Field(5, ge=1, description="bars ahead the label looks")
+    dead_band_bps: float = Field(0.35, ge=0, description="|return| below this (basis points) is HOLD")
+    seed: int = 42
+    join_deadline_s: float = Field(5.0, gt=0, description="wait for a bar's feature groups (event time)")
+    breaker_threshold: int = Field(5, ge=1)
+    breaker_recovery_s: float = Field(60.0, gt=0)
+    inference_timeout_s: float = Field(1.0, gt=0, description="a prediction slower than this is a failure")
+    fallback_fresh_s: float = Field(120.0, ge=0, description="a last good prediction younger than this is reused")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, version: str) -> str:
+        if version != "latest" and not version.isdigit():
+            raise ValueError(f'must be "latest" or a version number; got {version!r}')
+        return version
+
+    @field_validator("timeframe")
+    @classmethod
+    def _timeframe(cls, timeframe: str) -> str:
+        from tradepipe.features.bars import TIMEFRAMES
+
+        if timeframe not in TIMEFRAMES:
+            raise ValueError(f"must be one of {', '.join(TIMEFRAMES)}; got {timeframe!r}")
+        return timeframe
+
+
+class EnsembleSettings(Section):
+    deadline_s: float = Field(2.0, gt=0, description="wait for the models of one correlationId (event time)")
+    hit_window: int = Field(200, ge=1, description="resolved predictions in each model's rolling hit rate")
+    prior_weight: float = Field(20.0, ge=0, description="pseudo-observations of the validation accuracy")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True, extra="forbid", env_prefix="TRADEPIPE_", env_nested_delimiter="__", validate_default=True
@@ -67,6 +105,8 @@ class Settings(BaseSettings):
     bus: BusSettings = BusSettings()
     runner: RunnerSettings = RunnerSettings()
     data: DataSettings = DataSettings()
+    models: ModelSettings = ModelSettings()
+    ensemble: EnsembleSettings = EnsembleSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,209 @@
+"""The model registry (R6.1, R6.4): a directory of versioned models with their metadata.
+
+Layout, one directory per version, written once and never changed::
+
+    <registry>/<kind>/v<N>/card.json     ModelCard: name "XGBoost-v3", inputs and their order,
+                                          training window, data hash, seed, fold metrics,
+                                          library versions, sha256 of every file
+    <registry>/<kind>/v<N>/model.onnx    what the services run (ONNX Runtime)
+    <registry>/<kind>/v<N>/model.<ext>   the native model (xgboost .ubj, lightgbm .txt,
+                                          torch state_dict .pt), for audit and retraining
+
+A version is written to a temporary directory and renamed into place, so a crash never leaves
+a half-written version and two trainers never get the same number. Loading checks every
+file's hash and the ONNX graph's shape against the card, so a missing, corrupt or mismatched
+model fails at load with the path and the reason, never at the first prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from tradepipe.models.inputs import InputError, check_inputs
+
+CARD = "card.json"
+ONNX_FILE = "model.onnx"
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+_NAME = re.compile(r"^(?P<display>[A-Za-z]+)-v(?P<version>\d+)$")
+DISPLAY = {"xgboost": "XGBoost", "lightgbm": "LightGBM", "lstm": "LSTM"}
+
+
+class ModelLoadError(RuntimeError):
+    """A registry entry cannot be used; the message names the file and the reason."""
+
+
+class TrainingWindow(msgspec.Struct, frozen=True, rename="camel"):
+    start: datetime
+    end: datetime
+    rows: int
+
+
+class ModelCard(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    name: str  # "XGBoost-v3"
+    kind: str  # xgboost | lightgbm | lstm
+    version: int
+    created: datetime
+    inputs: list[str]  # model inputs in vector order (tradepipe.models.inputs)
+    window: int = 1  # input vectors per prediction (LSTM sequence length; 1 for trees)
+    symbols: list[str]
+    timeframe: str
+    horizon: int  # bars ahead the label looks
+    dead_band: float  # |return| below this is HOLD
+    training_window: TrainingWindow  # rows the final model was fitted on
+    data_hash: str  # sha256 of the labelled inputs the model saw
+    data_files: dict[str, str] = {}  # input file name -> sha256 of its bytes
+    seed: int
+    params: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}  # {"folds": [...], "overall": {...}, "baselines": {...}}
+    accuracy: float | None = None  # out-of-sample accuracy over all folds, published as model.accuracy
+    libraries: dict[str, str] = {}
+    files: dict[str, str] = {}  # file name -> sha256
+
+    @property
+    def time_horizon(self) -> str:
+        """The horizon as a duration string, e.g. "5m" for 5 bars of 1m."""
+        from tradepipe.sources.files import timeframe_ms
+
+        minutes = self.horizon * timeframe_ms(self.timeframe) // 60_000
+        return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class LoadedModel:
+    """A registry entry ready to predict: ``predict_proba(x)`` with x of shape (k,) for trees
+    or (window, k) for the LSTM, float32, in ``card.inputs`` order; returns SELL, HOLD, BUY
+    probabilities. One ONNX Runtime session, one thread (a service runs one row at a time)."""
+
+    def __init__(self, card: ModelCard, path: Path, onnx_bytes: bytes) -> None:
+        import onnxruntime as ort
+
+        self.card, self.path = card, path
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelLoadError(f"{path / ONNX_FILE}: not a loadable ONNX model ({exc})") from None
+        expected = [card.window, len(card.inputs)] if card.window > 1 else [len(card.inputs)]
+        shape = self._session.get_inputs()[0].shape
+        if [d for d in shape[1:]] != expected:
+            raise ModelLoadError(
+                f"{path / ONNX_FILE}: the graph takes rows of shape {shape[1:]}, the card lists "
+                f"{expected} ({len(card.inputs)} inputs, window {card.window})"
+            )
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = ["probabilities"]
+        self._shape = (1, *expected)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape != self._shape[1:]:
+            raise InputError(f"{self.card.name} takes input of shape {self._shape[1:]}, got {x.shape}")
+        return self._session.run(self._outputs, {self._input: x.reshape(self._shape)})[0][0]
+
+
+class ModelRegistry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def versions(self, kind: str) -> list[int]:
+        directory = self.root / kind
+        if not directory.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in directory.iterdir() if (m := _VERSION_DIR.match(p.name)))
+
+    def cards(self) -> list[ModelCard]:
+        """Every entry's card, by kind then version."""
+        return [self.card(kind, v) for kind in sorted(DISPLAY) for v in self.versions(kind)]
+
+    def is_empty(self) -> bool:
+        return not any(self.versions(kind) for kind in DISPLAY)
+
+    def resolve(self, model: str, version: int | str = "latest") -> tuple[str, int]:
+        """(kind, version) of ``model``: a kind ("xgboost") with a version or "latest", or a
+        name ("XGBoost-v3")."""
+        match = _NAME.match(model)
+        if match:
+            kind = next((k for k, d in DISPLAY.items() if d.lower() == match["display"].lower()), None)
+            if kind is None:
+                raise ModelLoadError(f"unknown model {model!r}; kinds: {', '.join(DISPLAY)}")
+            return kind, int(match["version"])
+        kind = model.lower()
+        if kind not in DISPLAY:
+            raise ModelLoadError(f"unknown model {model!r}; use a kind ({', '.join(DISPLAY)}) or a name like XGBoost-v3")
+        versions = self.versions(kind)
+        if version == "latest":
+            if not versions:
+                raise ModelLoadError(f"no {kind} model in registry {self.root}; train one with `tradepipe train`")
+            return kind, versions[-1]
+        return kind, int(version)
+
+    def entry_dir(self, kind: str, version: int) -> Path:
+        return self.root / kind / f"v{version}"
+
+    def card(self, kind: str, version: int) -> ModelCard:
+        path = self.entry_dir(kind, version) / CARD
+        try:
+            return msgspec.json.decode(path.read_bytes(), type=ModelCard)
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path}: no such model card ({kind} v{version} is not in the registry)") from None
+        except msgspec.DecodeError as exc:
+            raise ModelLoadError(f"{path}: corrupt model card ({exc})") from None
+
+    def load(self, model: str, version: int | str = "latest") -> LoadedModel:
+        kind, number = self.resolve(model, version)
+        card = self.card(kind, number)
+        directory = self.entry_dir(kind, number)
+        try:
+            check_inputs(card.inputs)
+        except InputError as exc:
+            raise ModelLoadError(f"{directory / CARD}: {exc}") from None
+        for name, digest in card.files.items():
+            path = directory / name
+            if not path.is_file():
+                raise ModelLoadError(f"{path}: missing (listed in {CARD})")
+            if sha256(path.read_bytes()) != digest:
+                raise ModelLoadError(f"{path}: corrupt (sha256 differs from {CARD})")
+        if ONNX_FILE not in card.files:
+            raise ModelLoadError(f"{directory / CARD}: lists no {ONNX_FILE}")
+        return LoadedModel(card, directory, (directory / ONNX_FILE).read_bytes())
+
+    def save(self, card_fields: dict[str, Any], files: dict[str, bytes]) -> ModelCard:
+        """Write a new version of ``card_fields["kind"]`` with ``files``; the card's name,
+        version, created time and file hashes are filled in here. Returns the card."""
+        kind = card_fields["kind"]
+        (self.root / kind).mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root / kind))
+        try:
+            for name, data in files.items():
+                (staging / name).write_bytes(data)
+            while True:
+                version = (self.versions(kind) or [0])[-1] + 1
+                card = ModelCard(
+                    **card_fields, name=f"{DISPLAY[kind]}-v{version}", version=version,
+                    created=datetime.now().astimezone(),
+                    files={name: sha256(data) for name, data in sorted(files.items())},
+                )
+                (staging / CARD).write_bytes(msgspec.json.format(msgspec.json.encode(card)))
+                try:
+                    os.rename(staging, self.entry_dir(kind, version))  # atomic; fails if taken
+                    return card
+                except OSError:
+                    if not self.entry_dir(kind, version).exists():
+                        raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
