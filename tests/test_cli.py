@@ -218,7 +218,8 @@ def test_run_publishes_bars_and_the_three_feature_groups(workdir, small_ticks):
     assert groups == {"feature-engineering", "technical-analysis", "market-microstructure"}
     one_minute = [e for e in events if e["timeframe"] == "1m" and e["group"] == "feature-engineering"]
     assert set(one_minute[-1]["features"]) == {
-        "rsi", "macd", "macd_signal", "macd_hist", "sma_20", "ema_50", "bb_upper", "bb_middle", "bb_lower", "bb_width"}
+        "rsi", "macd", "macd_signal", "macd_hist", "sma_20", "ema_50", "bb_upper", "bb_middle", "bb_lower", "bb_width",
+        "close"}
     assert one_minute[0]["features"]["ema_50"] is None  # warming up: null, never NaN
     assert all(e["barTime"] and e["correlationId"] and e["metadata"]["calculationTime"] for e in events)
 
