@@ -126,6 +126,10 @@ class Contribution(Payload, frozen=True, kw_only=True):
     direction: Direction
     confidence: float
     weight: float
+    # TradingSignalGenerated 1.1: the service that answered, and whether its breaker's
+    # fallback (last good prediction or the trend rule, named in ``model``) made the answer
+    producer: str = ""
+    fallback: bool = False
 
 
 class TradingSignalGenerated(Event, frozen=True, kw_only=True):

@@ -33,6 +33,7 @@ from tradepipe.models.inputs import InputError, check_inputs
 
 CARD = "card.json"
 ONNX_FILE = "model.onnx"
+INPUTS_KEY = "tradepipe.inputs"  # ONNX metadata: the input names in order, written at save
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^(?P<display>[A-Za-z]+)-v(?P<version>\d+)$")
 DISPLAY = {"xgboost": "XGBoost", "lightgbm": "LightGBM", "lstm": "LSTM"}
@@ -104,6 +105,12 @@ class LoadedModel:
             raise ModelLoadError(
                 f"{path / ONNX_FILE}: the graph takes rows of shape {shape[1:]}, the card lists "
                 f"{expected} ({len(card.inputs)} inputs, window {card.window})"
+            )
+        listed = self._session.get_modelmeta().custom_metadata_map.get(INPUTS_KEY)
+        if listed is not None and listed.split(",") != list(card.inputs):
+            raise ModelLoadError(
+                f"{path / ONNX_FILE}: the graph was trained on inputs {listed.split(',')}, the card lists "
+                f"{list(card.inputs)} (same inputs in another order would predict garbage)"
             )
         self._input = self._session.get_inputs()[0].name
         self._outputs = ["probabilities"]
@@ -186,6 +193,8 @@ class ModelRegistry:
         """Write a new version of ``card_fields["kind"]`` with ``files``; the card's name,
         version, created time and file hashes are filled in here. Returns the card."""
         kind = card_fields["kind"]
+        if ONNX_FILE in files:
+            files = {**files, ONNX_FILE: _with_inputs(files[ONNX_FILE], card_fields["inputs"])}
         (self.root / kind).mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root / kind))
         try:
@@ -207,3 +216,16 @@ class ModelRegistry:
                         raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _with_inputs(onnx_bytes: bytes, inputs: list[str]) -> bytes:
+    """The ONNX model with its input names in order recorded in its metadata, so a card whose
+    inputs were reordered or swapped is refused at load."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    kept = [p for p in model.metadata_props if p.key != INPUTS_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=INPUTS_KEY, value=",".join(inputs))
+    return model.SerializeToString()

@@ -1,0 +1,309 @@
+"""Ensemble coordinator (port 8027, R6.3): the models' predictions of one bar -> one signal.
+
+Predictions are grouped by (correlationId, timeframe): the model services give every
+prediction of one bar the bar's correlationId (the tick that closed it). A group is combined
+as soon as every expected model service (``producers``, by service name, read from each
+event's ``metadata.producer``) has answered, or once ``deadline_s`` has passed since its first
+prediction in event time (checked on every incoming event and in ``on_timer``), with the
+services that did not answer listed in ``missingModels``. A prediction arriving after its
+group was combined is not combined again (it is still scored).
+
+Weights: each model's rolling **live hit rate** over its last ``hit_window`` resolved
+predictions, smoothed with ``prior_weight`` pseudo-observations at its validation accuracy
+(``model.accuracy`` of its predictions, 1/3 when unknown)::
+
+    weight = (hits + prior_weight * accuracy) / (resolved + prior_weight)
+
+A prediction is resolved once a prediction of a later bar of the same (symbol, timeframe)
+arrives whose bar is at least the horizon (``timeHorizon``) later: the realized direction is
+that of ``price_now / price_then - 1`` with the dead band (``dead_band``, in return units, as
+the labels of training), and a hit is a predicted direction equal to it. Fallback predictions
+are not scored (the model did not make them); they contribute with the weight of their
+service's model and are marked ``fallback`` in their Contribution, whose ``model`` names what
+answered: the model (its last good answer) or ``"TrendRule"``.
+
+Combination: ``score[d]`` = sum of weight x confidence over the contributors saying d; the
+direction is the highest score (a tie -> HOLD), the confidence ``score[d] / sum(weights)``;
+target and stop are the means of the agreeing contributors' targets and stops. Contributions
+list each model's direction, confidence and normalised weight.
+
+Memory is bounded: groups leave at combination or expiry, resolved predictions live in
+deques of ``hit_window``, predictions awaiting their horizon in bounded deques per (symbol,
+timeframe, horizon), and combined groups are remembered for the last ``DONE_MEMORY`` only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from tradepipe.config import EnsembleSettings
+from tradepipe.events import PREDICTIONS, Event
+from tradepipe.events.types import Contribution, PredictionGenerated, TradingSignalGenerated
+from tradepipe.runtime.service import Context, Service
+from tradepipe.sources.files import timeframe_ms
+
+DIRECTIONS = ("BUY", "SELL", "HOLD")
+UNKNOWN_ACCURACY = 1.0 / 3.0
+DONE_MEMORY = 1024  # combined groups remembered, to ignore their late predictions
+MAX_AWAITING = 4096  # predictions awaiting their horizon per (symbol, timeframe, horizon)
+
+
+class HitWindow:
+    """The last ``size`` hits (1) and misses (0) of one model, with their running sum."""
+
+    __slots__ = ("outcomes", "hits")
+
+    def __init__(self, size: int, outcomes: Sequence[int] = ()) -> None:
+        self.outcomes: deque[int] = deque(maxlen=size)
+        self.hits = 0
+        for outcome in outcomes:
+            self.add(outcome)
+
+    def add(self, hit: int) -> None:
+        outcomes = self.outcomes
+        if len(outcomes) == outcomes.maxlen:
+            self.hits -= outcomes[0]
+        outcomes.append(hit)
+        self.hits += hit
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+
+class _Awaiting(msgspec.Struct, array_like=True):
+    """A prediction waiting for its horizon to pass."""
+
+    bar_time: datetime
+    price: float
+    model: str
+    direction: str
+
+
+class _Group:
+    __slots__ = ("first_seen", "predictions")
+
+    def __init__(self, first_seen: datetime) -> None:
+        self.first_seen = first_seen
+        self.predictions: dict[str, PredictionGenerated] = {}  # producer -> its prediction
+
+
+class EnsembleCoordinator(Service):
+    name = "ensemble-coordinator"
+    port = 8027
+    inputs = (PREDICTIONS,)
+
+    def __init__(self, producers: Sequence[str], settings: EnsembleSettings | None = None, *,
+                 dead_band: float = 0.35e-4) -> None:
+        if not producers:
+            raise ValueError("the ensemble needs at least one model service to wait for")
+        settings = settings or EnsembleSettings()
+        self.producers = tuple(producers)
+        self._expected = len(set(self.producers))
+        self.deadline = timedelta(seconds=settings.deadline_s)
+        self.hit_window = settings.hit_window
+        self.prior_weight = settings.prior_weight
+        self.dead_band = dead_band
+        # state (snapshot)
+        self.groups: dict[tuple[Any, str], _Group] = {}
+        self._done: deque[tuple[Any, str]] = deque()
+        self._done_set: set[tuple[Any, str]] = set()
+        self.hit_rates: dict[str, HitWindow] = {}  # model name -> outcomes
+        self.accuracy: dict[str, float] = {}  # model name -> validation accuracy (the prior)
+        self.model_of: dict[str, str] = {}  # producer -> the model it last answered with
+        #: predictions awaiting their horizon: (symbol, timeframe) -> horizon ms -> oldest first
+        self.awaiting: dict[tuple[str, str], dict[int, deque[_Awaiting]]] = {}
+        self._horizons: dict[str, int | None] = {}
+        # counters (not state)
+        self.signals = 0
+        self.partial_signals = 0
+        self.late_predictions = 0
+        self.unexpected_predictions = 0
+
+    # -- handling -------------------------------------------------------------------------
+    def handle(self, event: Event, ctx: Context) -> list[Event]:
+        out = self._expire(ctx.now(), ctx) if self.groups else []
+        if type(event) is not PredictionGenerated:
+            return out
+        producer = event.metadata.producer
+        if producer not in self.producers:
+            self.unexpected_predictions += 1
+            return out
+        self._score(event, producer)
+        key = (event.correlation_id or event.event_id, event.timeframe)
+        if key in self._done_set:
+            self.late_predictions += 1
+            return out
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group(event.timestamp)
+        group.predictions.setdefault(producer, event)
+        if len(group.predictions) >= self._expected:
+            del self.groups[key]
+            out.append(self._combine(key, group, ctx, event))
+        return out
+
+    def on_timer(self, ctx: Context) -> list[Event]:
+        return self._expire(ctx.now(), ctx)
+
+    def _expire(self, now: datetime, ctx: Context) -> list[Event]:
+        due = [key for key, group in self.groups.items() if now - group.first_seen >= self.deadline]
+        return [self._combine(key, self.groups.pop(key), ctx) for key in due]
+
+    # -- scoring --------------------------------------------------------------------------
+    def _score(self, event: PredictionGenerated, producer: str) -> None:
+        """Resolve the predictions of this (symbol, timeframe) whose horizon has passed at
+        this event's bar, then queue this one (if it is the model's own)."""
+        bar_time, price = event.bar_time, event.price
+        if bar_time is None or price is None or not price > 0:
+            return
+        series = (event.symbol or "", event.timeframe)
+        awaiting = self.awaiting.get(series)
+        if awaiting is None:
+            awaiting = self.awaiting[series] = {}
+        for horizon_ms, queue in awaiting.items():
+            horizon = timedelta(milliseconds=horizon_ms)
+            while queue and queue[0].bar_time + horizon <= bar_time:
+                then = queue.popleft()
+                change = price / then.price - 1.0
+                realized = "BUY" if change > self.dead_band else "SELL" if change < -self.dead_band else "HOLD"
+                window = self.hit_rates.get(then.model)
+                if window is None:
+                    window = self.hit_rates[then.model] = HitWindow(self.hit_window)
+                window.add(1 if realized == then.direction else 0)
+        if event.fallback:
+            return
+        model = event.model
+        self.model_of[producer] = model.name
+        self.accuracy[model.name] = model.accuracy if model.accuracy is not None else UNKNOWN_ACCURACY
+        horizon_ms = self._horizon_ms(event.prediction.time_horizon)
+        if horizon_ms is None:
+            return
+        queue = awaiting.get(horizon_ms)
+        if queue is None:
+            queue = awaiting[horizon_ms] = deque(maxlen=MAX_AWAITING)
+        for queued in reversed(queue):
+            if queued.bar_time != bar_time:
+                break
+            if queued.model == model.name:
+                return  # the same model's prediction of the same bar, seen again
+        queue.append(_Awaiting(bar_time, price, model.name, event.prediction.direction))
+
+    def _horizon_ms(self, text: str) -> int | None:
+        if text not in self._horizons:
+            try:
+                self._horizons[text] = timeframe_ms(text)
+            except ValueError:
+                self._horizons[text] = None  # no horizon: cannot be scored
+        return self._horizons[text]
+
+    def weight(self, model: str, accuracy: float | None = None) -> float:
+        """``model``'s current weight: its smoothed rolling hit rate (``accuracy`` is the prior
+        of a model not seen predicting yet)."""
+        accuracy = self.accuracy.get(model, UNKNOWN_ACCURACY if accuracy is None else accuracy)
+        window = self.hit_rates.get(model)
+        resolved, hits = (len(window), window.hits) if window is not None else (0, 0)
+        prior = self.prior_weight
+        if resolved + prior == 0:
+            return accuracy
+        return (hits + prior * accuracy) / (resolved + prior)
+
+    # -- combining ------------------------------------------------------------------------
+    def _combine(self, key: tuple[Any, str], group: _Group, ctx: Context,
+                 completing: PredictionGenerated | None = None) -> TradingSignalGenerated:
+        self._remember(key)
+        contributors = []  # (producer, prediction, weight)
+        missing = []
+        for producer in dict.fromkeys(self.producers):
+            p = group.predictions.get(producer)
+            if p is None:
+                missing.append(producer)
+                continue
+            # a fallback answer is weighed as its service's model
+            model = (self.model_of.get(producer) or p.model.name) if p.fallback else p.model.name
+            contributors.append((producer, p, self.weight(model, p.model.accuracy)))
+        total = sum(w for _, _, w in contributors)
+        scores = dict.fromkeys(DIRECTIONS, 0.0)
+        for _, p, w in contributors:
+            scores[p.prediction.direction] += w * p.prediction.confidence
+        best = max(scores.values())
+        winners = [d for d, s in scores.items() if s == best]
+        direction = winners[0] if len(winners) == 1 else "HOLD"
+        confidence = scores[direction] / total if total > 0 else 0.0
+        agreeing = [p.prediction for _, p, _ in contributors if p.prediction.direction == direction]
+        targets = [a.target_price for a in agreeing if a.target_price is not None]
+        stops = [a.stop_loss for a in agreeing if a.stop_loss is not None]
+        first = next(iter(group.predictions.values()))
+        last = completing or max(group.predictions.values(), key=lambda e: e.timestamp)
+        self.signals += 1
+        if missing:
+            self.partial_signals += 1
+        return ctx.emit(
+            TradingSignalGenerated,
+            direction=direction,
+            confidence=confidence,
+            timeframe=key[1],
+            contributors=[
+                Contribution(model=p.model.name, direction=p.prediction.direction,
+                             confidence=p.prediction.confidence, weight=w / total if total > 0 else 0.0,
+                             producer=producer, fallback=p.fallback)
+                for producer, p, w in contributors
+            ],
+            missing_models=missing,
+            bar_time=first.bar_time,
+            price=next((p.price for p in group.predictions.values() if p.price is not None), None),
+            target_price=sum(targets) / len(targets) if targets and direction != "HOLD" else None,
+            stop_loss=sum(stops) / len(stops) if stops and direction != "HOLD" else None,
+            symbol=first.symbol,
+            correlation_id=key[0],
+            causation_id=last.event_id,
+        )
+
+    def _remember(self, key: tuple[Any, str]) -> None:
+        self._done.append(key)
+        self._done_set.add(key)
+        if len(self._done) > DONE_MEMORY:
+            self._done_set.discard(self._done.popleft())
+
+    # -- state ----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Hit-rate windows and priors, predictions awaiting their horizon, groups in flight
+        (their predictions) and the recently combined groups. Plain builtins."""
+        return {
+            "hit_rates": {m: list(w.outcomes) for m, w in self.hit_rates.items()},
+            "accuracy": dict(self.accuracy),
+            "model_of": dict(self.model_of),
+            "awaiting": [[s, tf, h, msgspec.to_builtins(list(q))]
+                         for (s, tf), queues in self.awaiting.items() for h, q in queues.items()],
+            "groups": [msgspec.to_builtins(list(g.predictions.values())) for g in self.groups.values()],
+            "done": [[str(c), tf] for c, tf in self._done],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        import uuid
+
+        self.hit_rates = {m: HitWindow(self.hit_window, o) for m, o in state["hit_rates"].items()}
+        self.accuracy = dict(state["accuracy"])
+        self.model_of = dict(state["model_of"])
+        self.awaiting = {}
+        for s, tf, h, items in state["awaiting"]:
+            queues = self.awaiting.setdefault((s, tf), {})
+            queues[int(h)] = deque(msgspec.convert(items, list[_Awaiting]), maxlen=MAX_AWAITING)
+        self.groups = {}
+        for predictions in state["groups"]:
+            for p in msgspec.convert(predictions, list[PredictionGenerated]):
+                key = (p.correlation_id or p.event_id, p.timeframe)
+                group = self.groups.get(key)
+                if group is None:
+                    group = self.groups[key] = _Group(p.timestamp)
+                group.predictions[p.metadata.producer] = p
+        self._done, self._done_set = deque(), set()
+        for c, tf in state["done"]:
+            self._remember((uuid.UUID(c), tf))
+
+
+__all__ = ["EnsembleCoordinator", "HitWindow"]
