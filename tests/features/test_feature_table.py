@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +73,35 @@ def test_the_table_matches_what_the_live_services_published(sample_ticks):
     column = table.column("rsi")
     assert len(rsi) == len(column)
     assert all((a is None and math.isnan(b)) or a == b for a, b in zip(rsi, column))
+
+
+# --- bar files (R5.5: the same services, fed by the bridge's BarClosed) -------------------------
+
+M1_BARS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "eurusd_m1_2014-05.csv.gz"
+
+
+@pytest.fixture(scope="module")
+def m1_bars():
+    from tradepipe.sources.files import read_bars
+
+    return list(itertools.islice(read_bars(M1_BARS), 600))
+
+
+def test_a_bar_file_gives_the_two_bar_driven_groups(m1_bars):
+    table = build_feature_table(m1_bars, symbol="EURUSD", timeframe="1m", kind="bars")
+    assert len(table.bar_time) == len(m1_bars)  # a bar from a file is closed as it arrives
+    assert [int(t.timestamp() * 1000) for t in table.bar_time] == [b.ts_ms for b in m1_bars]
+    assert "rsi" in table.columns and "adx_14" in table.columns and "close" in table.columns
+    assert not {"spread_mean", "tick_count", "realized_vol"} & set(table.columns)  # no microstructure
+    mid = [b.close + (b.spread or 0.0) / 2 for b in m1_bars]  # the bridge's mid close
+    np.testing.assert_array_equal(table.column("close"), mid)
+    assert not np.isnan(table.values[100:]).any()
+
+
+def test_a_bar_file_of_another_timeframe_is_refused(m1_bars):
+    from tradepipe.features.history import TimeframeMismatch
+
+    with pytest.raises(TimeframeMismatch, match="holds 1m bars, but 5m bars were asked for"):
+        build_feature_table(m1_bars, symbol="EURUSD", timeframe="5m", kind="bars")
+    with pytest.raises(ValueError, match="kind must be"):
+        build_feature_table(m1_bars, symbol="EURUSD", timeframe="1m", kind="quotes")
