@@ -152,6 +152,136 @@ def _print_summary(summary: dict) -> None:
     out.print(table)
 
 
+# --- train -------------------------------------------------------------------------------------
+
+@app.command()
+def train(
+    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Tick or bar files (CSV, .gz, Parquet); repeat the option or list more files after it.")] = None,
+    more: Annotated[Optional[list[Path]], typer.Argument(help="More data files.", show_default=False)] = None,
+    symbol: Annotated[Optional[str], typer.Option("--symbol", help="Symbol of the data (default: from each file name).")] = None,
+    timeframe: Annotated[Optional[str], typer.Option("--timeframe", help="Bar timeframe to train on (default: models.timeframe, 1m).")] = None,
+    horizon: Annotated[Optional[int], typer.Option("--horizon", help="Bars ahead the label looks (default: models.horizon, 5).")] = None,
+    dead_band_bps: Annotated[Optional[float], typer.Option("--dead-band-bps", help="|return| at or below this many basis points is HOLD (default: models.dead_band_bps, 0.35).")] = None,
+    models: Annotated[Optional[str], typer.Option("--models", help="Comma-separated kinds: xgboost,lightgbm,lstm (default: models.kinds).")] = None,
+    registry: Annotated[Optional[Path], typer.Option("--registry", help="Model registry directory (default: models.registry).")] = None,
+    report: Annotated[Path, typer.Option("--report", help="Directory for <run-id>/report.json and report.html.")] = Path("reports"),
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (default: models.seed).")] = None,
+    folds: Annotated[int, typer.Option("--folds", min=1, help="Walk-forward folds.")] = 4,
+    config: ConfigOption = None,
+) -> None:
+    """Train XGBoost, LightGBM and LSTM direction models on recorded data: walk-forward
+    evaluation against baselines, a JSON and HTML report, and each model saved in the
+    registry (R6.1)."""
+    from tradepipe.models.dataset import DatasetError
+    from tradepipe.models.evaluation import EvaluationError
+    from tradepipe.models.registry import ModelLoadError
+    from tradepipe.models.training import TrainError, TrainRequest, check_kinds
+    from tradepipe.models.training import train as run_training
+
+    paths = list(data or []) + list(more or [])
+    if not paths:
+        raise fail("give the data to train on: --data FILE [FILE ...]")
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise fail(f"no such data file: {', '.join(missing)}")
+    kinds = None
+    if models is not None:
+        try:
+            kinds = check_kinds(models.split(","))
+        except TrainError as exc:
+            raise fail(f"--models: {exc}") from None
+    try:
+        settings = load_settings(config, models={
+            "timeframe": timeframe, "horizon": horizon, "dead_band_bps": dead_band_bps,
+            "registry": str(registry) if registry is not None else None, "seed": seed, "kinds": kinds,
+        })
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    ms = settings.models
+    request = TrainRequest(
+        paths=tuple(paths), symbol=symbol, timeframe=ms.timeframe, horizon=ms.horizon,
+        dead_band=ms.dead_band_bps / 1e4, kinds=tuple(ms.kinds), registry=Path(ms.registry), report=report,
+        seed=ms.seed, n_folds=folds,
+    )
+    try:
+        with _progress() as progress:
+            tasks: dict[str, int] = {}
+            labels = {"features": "features (files)", "report": "report"}
+
+            def on_progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    label = labels.get(stage, f"{stage} (folds + final)")
+                    tasks[stage] = progress.add_task(label, total=total)
+                progress.update(tasks[stage], completed=done, total=total)
+
+            result = run_training(request, on_progress)
+    except (DatasetError, EvaluationError, TrainError, ModelLoadError, OSError) as exc:
+        raise fail(str(exc)) from None
+    _print_training(result)
+
+
+def _print_training(result) -> None:
+    from rich import box
+
+    from tradepipe.models.report import verdict
+
+    ds, base = result.dataset, result.baselines["overall"]
+    shares = ", ".join(f"{k} {v / max(len(ds), 1):.0%}" for k, v in ds.class_counts().items())
+    out.print(f"{len(ds):,} labelled {ds.timeframe} rows of {', '.join(sorted(set(ds.symbol.tolist())))}, horizon "
+              f"{ds.horizon} bars, dead band {ds.dead_band * 1e4:g} bps ({shares}); {len(result.folds)} "
+              f"walk-forward folds; all numbers out of sample", highlight=False)
+    table = Table("model", "acc", "bal.acc", "logloss", "AUC", "Δmaj", "Δprev", "rule", "net",
+                  title="out of sample, all test folds",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    folds = Table("model", *[f"fold {k + 1}" for k in range(len(result.folds))], title="accuracy per fold",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+
+    def num(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    def naive(equity):
+        after = equity.get("total_return_after_spread")
+        return f"{equity['total_return'] * 1e4:+.1f}", "-" if after is None else f"{after * 1e4:+.1f}"
+
+    table.columns[0].no_wrap, table.columns[0].min_width = True, 11  # "LightGBM-v12"
+    verdicts = {}
+    for kind, m in result.models.items():
+        o = m.overall
+        v = verdicts[kind] = verdict(o, {"majority": base["majority"], "previous_direction": base["previous_direction"]})
+        mark = "green" if v["beats_all"] and v["significant"] else "yellow"
+        table.add_row(
+            m.card.name, f"[{mark}]{o['accuracy']:.3f}[/]", num(o["balanced_accuracy"]), num(o["log_loss"]),
+            num(o["roc_auc"]), f"{(o['accuracy'] - base['majority']['accuracy']) * 100:+.1f}",
+            f"{(o['accuracy'] - base['previous_direction']['accuracy']) * 100:+.1f}", *naive(o["equity"]),
+        )
+        folds.add_row(m.card.name, *[f"{f['accuracy']:.3f}" for f in m.folds])
+    for name, key in (("majority", "majority"), ("prev.dir.", "previous_direction")):
+        b = base[key]
+        table.add_row(f"[dim]{name}[/]", f"{b['accuracy']:.3f}", num(b["balanced_accuracy"]), num(b.get("log_loss")),
+                      "-", "", "", *naive(b["equity"]))
+        folds.add_row(f"[dim]{name}[/]", *[f"{f[key]['accuracy']:.3f}" for f in result.baselines["folds"]])
+    out.print(table)
+    out.print(folds)
+    out.print("Δmaj/Δprev: accuracy points above the majority-class / previous-direction baseline. rule: bps "
+              "of +1 on BUY / -1 on SELL for the horizon on non-overlapping test rows, mid returns before "
+              "costs; net: after paying the spread", style="dim", highlight=False)
+    for note in result.warnings:
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
+    for kind, m in result.models.items():
+        v = verdicts[kind]
+        if not (v["beats_all"] and v["significant"]):
+            out.print(f"[yellow]{m.card.name} does not clearly beat the baselines out of sample (see the report).[/]")
+        eq = m.overall["equity"]
+        if eq["trades"] and abs(eq["hit_rate"] - 0.5) <= 2 * (0.25 / eq["trades"]) ** 0.5:
+            out.print(f"[yellow]{m.card.name}: the naive rule's direction is right {eq['hit_rate']:.1%} of "
+                      f"{eq['trades']:,} trades, within 2 standard errors of a coin flip (its edge is HOLD vs move).[/]")
+    out.print(f"registry {result.request.registry}: " + ", ".join(m.card.name for m in result.models.values()),
+              highlight=False)
+    if result.report_html is not None:
+        out.print(f"report: {result.report_html} (and report.json)", highlight=False)
+    out.print(f"trained in {result.wall_s:.1f} s", highlight=False)
+
+
 # --- topics ------------------------------------------------------------------------------------
 
 @topics_app.command("list")
