@@ -60,18 +60,44 @@ def test_run_on_the_shipped_sample_writes_the_summary(workdir):
     assert summary["market_data_events"] == summary["ticks_in"] - summary["ticks_rejected"]
     assert summary["events_written"] == (
         summary["market_data_events"] + summary["bars"] + summary["features_events"] + summary["dead_letters"]
+        + summary["predictions"] + summary["signals"] + summary["breaker_transitions"]
     )
     assert summary["features_events"] == 3 * summary["bars"] > 0  # one per feature service per bar
     assert summary["wall_s"] > 0 and summary["ticks_per_s"] > 0
     assert (workdir / "tradepipe.db").exists()
     assert "ticks_per_s" in result.output
+    # the empty registry was filled with small models first, then every 1m bar got three
+    # predictions and one signal
+    assert "registry models is empty" in result.output
+    assert summary["models"] == {"xgboost": "XGBoost-v1", "lightgbm": "LightGBM-v1", "lstm": "LSTM-v1"}
+    assert sorted(p.name for p in (workdir / "models").iterdir()) == ["lightgbm", "lstm", "xgboost"]
+    assert summary["predictions"] == 3 * summary["signals"] > 0
+    assert summary["model_failures"] == summary["breaker_transitions"] == 0
+    signals = [json.loads(line) for line in invoke("replay", "--topic", "trading-signals").stdout.splitlines()]
+    assert len(signals) == summary["signals"]
+    assert {c["producer"] for c in signals[-1]["contributors"]} == {"ml-xgboost", "ml-lightgbm", "ml-lstm"}
 
     again = invoke("run")
     assert again.exit_code == 2 and "already holds" in again.output and "--fresh" in again.output
 
 
+def test_too_little_data_to_train_first_models_is_a_clear_error(workdir, small_ticks):
+    result = invoke("run", "--data", str(small_ticks))
+    assert result.exit_code == 2
+    assert "cannot train models on this data" in result.output and "--no-models" in result.output
+
+
+def test_a_corrupt_registry_is_a_clear_error_at_start(workdir):
+    model = workdir / "models" / "xgboost" / "v1"
+    model.mkdir(parents=True)
+    (model / "card.json").write_text("{not json")
+    result = invoke("run", "--data", str(sample_paths()[0]))
+    assert result.exit_code == 2
+    assert "xgboost/v1/card.json: corrupt model card" in result.output
+
+
 def test_bad_ticks_are_dead_lettered_and_counted(workdir, small_ticks):
-    result = invoke("run", "--data", str(small_ticks), "--summary-json", "s.json")
+    result = invoke("run", "--no-models", "--data", str(small_ticks), "--summary-json", "s.json")
     assert result.exit_code == 0, result.output
     summary = json.loads((workdir / "s.json").read_text())
     assert summary["ticks_in"] == 2003 and summary["ticks_rejected"] == 3
@@ -82,7 +108,7 @@ def test_bad_ticks_are_dead_lettered_and_counted(workdir, small_ticks):
 
 
 def test_replay_prints_seed_shaped_jsonl_from_offset_and_time(workdir, small_ticks):
-    assert invoke("run", "--data", str(small_ticks)).exit_code == 0
+    assert invoke("run", "--no-models", "--data", str(small_ticks)).exit_code == 0
     everything = replayed_ticks()
     assert len(everything) == 2000
     first = everything[0]
@@ -100,7 +126,7 @@ def test_replay_prints_seed_shaped_jsonl_from_offset_and_time(workdir, small_tic
 
 
 def test_topics_list(workdir, small_ticks):
-    invoke("run", "--data", str(small_ticks), "--summary-json", "s.json")
+    invoke("run", "--no-models", "--data", str(small_ticks), "--summary-json", "s.json")
     summary = json.loads((workdir / "s.json").read_text())
     result = invoke("topics", "list")
     assert result.exit_code == 0
@@ -111,10 +137,10 @@ def test_topics_list(workdir, small_ticks):
 
 
 def test_fresh_replaces_and_append_adds(workdir, small_ticks):
-    invoke("run", "--data", str(small_ticks))
-    invoke("run", "--data", str(small_ticks), "--append")
+    invoke("run", "--no-models", "--data", str(small_ticks))
+    invoke("run", "--no-models", "--data", str(small_ticks), "--append")
     assert len(replayed_ticks()) == 4000
-    invoke("run", "--data", str(small_ticks), "--fresh")
+    invoke("run", "--no-models", "--data", str(small_ticks), "--fresh")
     assert len(replayed_ticks()) == 2000
 
 
@@ -149,14 +175,14 @@ def test_fresh_never_deletes_a_file_that_is_not_a_bus(workdir):
 
 def test_unreadable_data_and_bad_sqlite_urls_are_clear_errors(workdir):
     (workdir / "eurusd_ticks.csv.gz").write_bytes(b"not gzip at all")
-    result = invoke("run", "--data", "eurusd_ticks.csv.gz")
+    result = invoke("run", "--no-models", "--data", "eurusd_ticks.csv.gz")
     assert result.exit_code == 2 and "gzip" in result.output.lower()
     result = invoke("run", "--bus", "sqlite://host/x.db", "--fresh")
     assert result.exit_code == 2 and "error" in result.output
 
 
 def test_replay_of_an_unknown_topic(workdir, small_ticks):
-    invoke("run", "--data", str(small_ticks))
+    invoke("run", "--no-models", "--data", str(small_ticks))
     result = invoke("replay", "--topic", "no-such-topic")
     assert result.exit_code == 2 and "unknown topic 'no-such-topic'" in result.output
 
@@ -183,12 +209,12 @@ def test_bad_config_fails_at_start_naming_the_field(workdir, monkeypatch):
 
 def test_config_file_and_environment_choose_the_bus(workdir, small_ticks, monkeypatch):
     (workdir / "tradepipe.toml").write_text('[bus]\nurl = "sqlite:///from-file.db"\ncodec = "msgpack"\n')
-    invoke("run", "--data", str(small_ticks))
+    invoke("run", "--no-models", "--data", str(small_ticks))
     assert (workdir / "from-file.db").exists()
     lines = invoke("replay", "--topic", "market-data-events", "--limit", "1").stdout.splitlines()
     assert json.loads(lines[0])["type"] == "MarketDataReceived"  # msgpack on the bus, JSON out
     monkeypatch.setenv("TRADEPIPE_BUS__URL", "sqlite:///from-env.db")
-    invoke("run", "--data", str(small_ticks))
+    invoke("run", "--no-models", "--data", str(small_ticks))
     assert (workdir / "from-env.db").exists()
 
 
@@ -209,7 +235,7 @@ def test_console_script_help():
 
 
 def test_run_publishes_bars_and_the_three_feature_groups(workdir, small_ticks):
-    invoke("run", "--data", str(small_ticks), "--summary-json", "s.json")
+    invoke("run", "--no-models", "--data", str(small_ticks), "--summary-json", "s.json")
     summary = json.loads((workdir / "s.json").read_text())
     lines = invoke("replay", "--topic", "features-calculated").stdout.splitlines()
     events = [json.loads(line) for line in lines]
@@ -229,7 +255,7 @@ def test_run_reads_parquet(workdir, small_ticks):
     from tradepipe.sources.parquet import write_parquet_ticks
 
     rows = write_parquet_ticks(workdir / "eurusd_ticks.parquet", [t for t in read_ticks(small_ticks) if hasattr(t, "bid")])
-    result = invoke("run", "--data", "eurusd_ticks.parquet", "--summary-json", "p.json")
+    result = invoke("run", "--no-models", "--data", "eurusd_ticks.parquet", "--summary-json", "p.json")
     assert result.exit_code == 0, result.output
     summary = json.loads((workdir / "p.json").read_text())
     assert summary["ticks_in"] == rows == 2002 and summary["symbols"] == {"EURUSD": 2002}

@@ -62,13 +62,21 @@ def run(
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary to this JSON file.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete an existing SQLite bus file first.")] = False,
     append: Annotated[bool, typer.Option("--append", help="Add to a bus that already holds market data.")] = False,
+    registry: Annotated[Optional[Path], typer.Option("--registry", help="Model registry directory (default: models.registry, ./models).")] = None,
+    no_models: Annotated[bool, typer.Option("--no-models", help="Stop at the features: no model services, no ensemble.")] = False,
 ) -> None:
-    """Replay recorded ticks or bars (CSV or Parquet) through the data bridge, bars and the
-    three feature services into the bus, and print a summary."""
+    """Replay recorded ticks or bars (CSV or Parquet) through the data bridge, bars, the three
+    feature services, the model services and the ensemble into the bus, and print a summary.
+    With an empty model registry, small models are trained on the data first."""
+    from tradepipe.models.registry import ModelLoadError, ModelRegistry
     from tradepipe.pipeline import RunRequest, run_pipeline
     from tradepipe.sources import sample_paths
 
-    settings = settings_or_exit(config, bus)
+    try:
+        settings = load_settings(config, bus={"url": bus},
+                                 models={"registry": str(registry) if registry is not None else None})
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     paths = list(data) if data else sample_paths()
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
@@ -85,14 +93,21 @@ def run(
                 f"{settings.bus.url} already holds {held:,} market-data events from an earlier run; "
                 "pass --fresh to start a new file or --append to add to it"
             )
+        models = None if no_models else ModelRegistry(settings.models.registry)
+        if models is not None and models.is_empty():
+            _train_small_models(paths, symbol, settings)
         total = sum(_count_rows(p) for p in paths)
         with _progress() as progress:
-            task = progress.add_task("ticks -> bars -> features", total=total)
+            stages = "ticks -> bars -> features" + ("" if models is None else " -> models -> signals")
+            task = progress.add_task(stages, total=total)
             summary = run_pipeline(
                 RunRequest(paths=paths, symbol=symbol, settings=settings),
                 bus_obj,
                 on_progress=lambda n: progress.advance(task, n),
+                registry=models,
             )
+    except ModelLoadError as exc:
+        raise fail(f"{exc}; retrain with `tradepipe train`, or run with --no-models") from None
     except (OSError, ValueError, BusError) as exc:  # unreadable data, bus trouble: no traceback
         raise fail(f"{type(exc).__name__}: {exc}") from None
     finally:
@@ -100,6 +115,45 @@ def run(
     _print_summary(summary)
     if summary_json:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _train_small_models(paths: list[Path], symbol: str | None, settings: Settings) -> None:
+    """First use: train small models on the run's own data so the model stage has something to
+    load. They are a demonstration, not an evaluation: the run then predicts the very bars they
+    were fitted on. `tradepipe train` builds real ones, with out-of-sample reports."""
+    from tradepipe.models.dataset import DatasetError
+    from tradepipe.models.training import SMALL_PARAMS, TrainError, TrainRequest
+    from tradepipe.models.training import train as run_training
+
+    ms = settings.models
+    err.print(f"model registry {ms.registry} is empty: training small {', '.join(ms.kinds)} models on this data "
+              "first (in-sample for this run; use `tradepipe train` for evaluated models)", highlight=False)
+    request = TrainRequest(
+        paths=tuple(paths), symbol=symbol, timeframe=ms.timeframe, horizon=ms.horizon,
+        dead_band=ms.dead_band_bps / 1e4, kinds=tuple(ms.kinds), registry=Path(ms.registry), report=None,
+        seed=ms.seed, n_folds=2, params=SMALL_PARAMS,
+    )
+    try:
+        with _progress() as progress:
+            result = run_training(request, _training_progress(progress))
+    except (DatasetError, TrainError) as exc:
+        raise fail(f"cannot train models on this data ({exc}); train them with `tradepipe train` on more "
+                   "data, or run with --no-models") from None
+    err.print(f"trained {', '.join(m.card.name for m in result.models.values())} in {result.wall_s:.1f} s "
+              f"into {ms.registry}", highlight=False)
+
+
+def _training_progress(progress: Progress):
+    """A ``train`` progress callback drawing one bar per stage (features, each model, report)."""
+    tasks: dict[str, int] = {}
+    labels = {"features": "features (files)", "report": "report"}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(labels.get(stage, f"{stage} (folds + final)"), total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    return on_progress
 
 
 def _progress() -> Progress:
@@ -205,16 +259,7 @@ def train(
     )
     try:
         with _progress() as progress:
-            tasks: dict[str, int] = {}
-            labels = {"features": "features (files)", "report": "report"}
-
-            def on_progress(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    label = labels.get(stage, f"{stage} (folds + final)")
-                    tasks[stage] = progress.add_task(label, total=total)
-                progress.update(tasks[stage], completed=done, total=total)
-
-            result = run_training(request, on_progress)
+            result = run_training(request, _training_progress(progress))
     except (DatasetError, EvaluationError, TrainError, ModelLoadError, OSError) as exc:
         raise fail(str(exc)) from None
     _print_training(result)

@@ -105,14 +105,17 @@ class TrainResult:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of what made the model, read from the imported modules (the xgboost module
+    comes from the "xgboost" or the CPU-only "xgboost-cpu" distribution)."""
+    import importlib
+
     out = {"python": platform.python_version()}
-    for dist, key in (("xgboost", "xgboost"), ("lightgbm", "lightgbm"), ("torch", "torch"),
-                      ("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("onnxmltools", "onnxmltools"),
-                      ("numpy", "numpy"), ("scikit-learn", "sklearn"), ("tradepipe", "tradepipe")):
+    for module in ("xgboost", "lightgbm", "torch", "onnxruntime", "onnx", "onnxmltools", "numpy", "sklearn"):
         try:
-            out[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[key] = "not installed"
+            out[module] = str(importlib.import_module(module).__version__)
+        except ImportError:
+            out[module] = "not installed"
+    out["tradepipe"] = metadata.version("tradepipe")
     return out
 
 
