@@ -72,8 +72,10 @@ class ModelSettings(Section):
     breaker_threshold: int = Field(5, ge=1)
     breaker_recovery_s: float = Field(60.0, gt=0)
     inference_timeout_s: float = Field(1.0, gt=0, description="a prediction slower than this is a failure")
-    guard_inference: bool = Field(
-        True, description="run inference on a worker thread so a hung model is timed out (~10 us a call)")
+    inference_guard: Literal["watchdog", "thread"] = Field(
+        "watchdog", description="how a hung model is stopped: watchdog = ONNX Runtime's terminate flag set "
+        "by one watchdog thread (~1 us a call); thread = each call on a worker thread, abandoned on timeout "
+        "(also survives hangs outside ONNX Runtime; 100-400 us a call here)")
     fallback_fresh_s: float = Field(120.0, ge=0, description="a last good prediction younger than this is reused")
 
     @field_validator("version")

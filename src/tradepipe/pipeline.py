@@ -55,18 +55,18 @@ MODEL_SERVICES: dict[str, type[ModelService]] = {
 }
 
 
-def model_services(settings: Settings, registry: ModelRegistry | str | Path, *, isolate: bool | None = None) -> list[Service]:
+def model_services(settings: Settings, registry: ModelRegistry | str | Path, *,
+                   guard: str | None = None) -> list[Service]:
     """The model stage: one service per kind in ``settings.models.kinds``, each loading
     ``settings.models.version`` ("latest" or a number) of its kind from ``registry``, then the
     ensemble coordinator waiting for them. Raises ModelLoadError (with the path and the
-    reason) for a missing, corrupt or mismatched model. ``isolate`` (default: the
-    ``models.guard_inference`` setting): run inference on each
-    service's worker thread, so a hung model times out (see ModelService)."""
+    reason) for a missing, corrupt or mismatched model. ``guard`` (default: the
+    ``models.inference_guard`` setting): how a hung model is stopped (see ModelService)."""
     if not isinstance(registry, ModelRegistry):
         registry = ModelRegistry(registry)
     models = settings.models
     services: list[Service] = [
-        MODEL_SERVICES[kind](registry.load(kind, models.version), models, isolate=isolate) for kind in models.kinds
+        MODEL_SERVICES[kind](registry.load(kind, models.version), models, guard=guard) for kind in models.kinds
     ]
     bands = {s.card.dead_band for s in services}
     dead_band = bands.pop() if len(bands) == 1 else models.dead_band_bps / 1e4

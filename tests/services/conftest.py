@@ -147,7 +147,7 @@ class FaultyModel:
         self.hang_s = hang_s
         self.calls = 0
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         self.calls += 1
         if self.mode == "raise":
             raise RuntimeError("injected model failure")
@@ -155,7 +155,7 @@ class FaultyModel:
             return np.full(3, np.nan, dtype=np.float32)
         if self.mode == "hang":
             time.sleep(self.hang_s)
-        return self.model.predict_proba(x)
+        return self.model.predict_proba(x, timeout_s)
 
 
 def without_timing(event):

@@ -269,7 +269,7 @@ def test_a_replay_opens_and_closes_the_breaker_at_the_same_events(trained, featu
 
 def test_a_hung_model_times_out_as_a_failure_and_the_service_goes_on(trained, feature_events):
     model = FaultyModel(trained.registry.load("lightgbm"), hang_s=1.5)
-    service = LightGBMService(model, ModelSettings(inference_timeout_s=0.05))
+    service = LightGBMService(model, ModelSettings(inference_timeout_s=0.05, inference_guard="thread"))
     feeder = BarFeeder(service, bars_of(feature_events))
     assert not predictions(feeder.feed(70))[-1].fallback
     worker = service._worker.thread
@@ -296,9 +296,56 @@ def test_a_hung_model_times_out_as_a_failure_and_the_service_goes_on(trained, fe
     assert not thread.is_alive()
 
 
+def test_with_the_watchdog_guard_a_slow_call_is_a_failure_and_no_thread_is_used(trained, feature_events):
+    model = FaultyModel(trained.registry.load("xgboost"), hang_s=0.1)
+    service = XGBoostService(model, ModelSettings(inference_timeout_s=0.02))
+    assert service.guard == "watchdog"  # the default
+    feeder = BarFeeder(service, bars_of(feature_events))
+    assert not predictions(feeder.feed(70))[-1].fallback
+    model.mode = "hang"
+    preds = predictions(feeder.feed(2))
+    assert all(p.fallback for p in preds) and service.timeouts == 2 and service._worker is None
+    model.mode = None
+    [p] = predictions(feeder.feed())
+    assert not p.fallback and service.breaker.failures == 0
+
+
+def test_the_watchdog_aborts_an_overrunning_onnx_runtime_run():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from tradepipe.models.registry import Watchdog
+
+    n, steps = 700, 80  # 80 x 0.7 GFLOP: far longer than the 0.02 s deadline below, on one thread
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"y{i - 1}", "x"], [f"y{i}"]) for i in range(steps)]
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info(f"y{steps - 1}", TensorProto.FLOAT, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = np.full((n, n), 1e-3, dtype=np.float32)
+    watchdog = Watchdog(period_s=0.005)
+
+    started = time.perf_counter()
+    run = ort.RunOptions()
+    with watchdog.watch(run, 5.0):  # a generous deadline: the run completes
+        session.run(None, {"x": x}, run)
+    full = time.perf_counter() - started
+    assert not run.terminate  # the watchdog leaves a run within its deadline alone
+
+    started = time.perf_counter()
+    run = ort.RunOptions()
+    with pytest.raises(Exception, match="(?i)terminat"), watchdog.watch(run, 0.02):
+        session.run(None, {"x": x}, run)
+    assert run.terminate and time.perf_counter() - started < full
+
+
 def test_hung_calls_are_capped_so_threads_do_not_pile_up(trained, feature_events):
     model = FaultyModel(trained.registry.load("xgboost"), hang_s=2.0)
-    service = XGBoostService(model, ModelSettings(inference_timeout_s=0.02, breaker_threshold=20))
+    service = XGBoostService(model, ModelSettings(inference_timeout_s=0.02, breaker_threshold=20,
+                                                  inference_guard="thread"))
     feeder = BarFeeder(service, bars_of(feature_events))
     feeder.feed(60)
     threads_before, calls = threading.active_count(), model.calls

@@ -22,6 +22,9 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -116,11 +119,66 @@ class LoadedModel:
         self._outputs = ["probabilities"]
         self._shape = (1, *expected)
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+        """Probabilities for one row; with ``timeout_s``, a run still going after that long is
+        aborted by the :data:`WATCHDOG` (ONNX Runtime raises)."""
         x = np.asarray(x, dtype=np.float32)
         if x.shape != self._shape[1:]:
             raise InputError(f"{self.card.name} takes input of shape {self._shape[1:]}, got {x.shape}")
-        return self._session.run(self._outputs, {self._input: x.reshape(self._shape)})[0][0]
+        feed = {self._input: x.reshape(self._shape)}
+        if timeout_s is None:
+            return self._session.run(self._outputs, feed)[0][0]
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        with WATCHDOG.watch(options, timeout_s):
+            return self._session.run(self._outputs, feed, options)[0][0]
+
+
+class Watchdog:
+    """Aborts ONNX Runtime runs that overrun their deadline, without a thread handoff per call.
+
+    A run registers its ``RunOptions`` with a deadline; one daemon thread, woken every
+    ``period_s``, sets ``terminate`` on those past it, and ONNX Runtime stops the run with an
+    error. The caller pays a dict insert and delete (~1 us) instead of waking a worker thread
+    (100-400 us on a 2-core VM, see BENCHMARKS.md "Inference"). A run is aborted at most
+    ``period_s`` after its deadline.
+    """
+
+    def __init__(self, period_s: float = 0.01) -> None:
+        self.period_s = period_s
+        self._watched: dict[int, tuple[float, Any]] = {}
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def watch(self, options: Any, timeout_s: float):
+        if self._thread is None:
+            self._start()
+        key = id(options)
+        self._watched[key] = (time.monotonic() + timeout_s, options)
+        try:
+            yield
+        finally:
+            del self._watched[key]
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="onnx-watchdog", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.period_s)
+            now = time.monotonic()
+            for deadline, options in list(self._watched.values()):
+                if now > deadline:
+                    options.terminate = True
+
+
+#: the process's watchdog for model runs with a timeout
+WATCHDOG = Watchdog()
 
 
 class ModelRegistry:

@@ -30,12 +30,15 @@ with NaN (warm-up, a group missing at the deadline) or an LSTM window not yet fu
 fallback without touching the breaker. Exactly one PredictionGenerated is emitted per joined
 bar, so the ensemble always hears from every model.
 
-Hangs. With ``isolate`` (default: the ``models.guard_inference`` setting, on) a call runs on one reusable worker thread per
-service and the handler waits at most ``inference_timeout_s``; a call that times out leaves
-its thread behind (it cannot be killed) and the next call gets a new one. The handoff costs
-~12 us per call on top of the ~7-17 us ONNX Runtime call (see ``BENCHMARKS.md``);
-``isolate=False`` runs the model in the handler's thread (a slow call still counts as a
-failure, but a call that never returns would block the service).
+Hangs (``models.inference_guard``). ``"watchdog"`` (default): the model runs in the
+handler's thread with ONNX Runtime's terminate flag armed; the process's one watchdog thread
+sets it once ``inference_timeout_s`` has passed and the run stops with an error (a failure).
+It costs ~1 us a call, but cannot stop a hang outside ONNX Runtime. ``"thread"``: each call
+runs on one reusable worker thread per service and the handler waits at most
+``inference_timeout_s``; a call that times out leaves its thread behind (it cannot be
+killed) and the next call gets a new one. It stops any hang, but waking the worker costs
+100-400 us a call on this 2-core VM (``BENCHMARKS.md`` "Inference"). Either way a call that
+took longer than the timeout counts as a failure.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import msgspec
 import numpy as np
@@ -187,7 +190,8 @@ class ModelService(Service):
     inputs = (FEATURES,)
     kind: ClassVar[str]
 
-    def __init__(self, model: LoadedModel, settings: ModelSettings | None = None, *, isolate: bool | None = None) -> None:
+    def __init__(self, model: LoadedModel, settings: ModelSettings | None = None, *,
+                 guard: Literal["watchdog", "thread"] | None = None) -> None:
         settings = settings or ModelSettings()
         card = model.card
         if card.kind != self.kind:
@@ -209,7 +213,7 @@ class ModelService(Service):
                                       recovery=timedelta(seconds=settings.breaker_recovery_s))
         self.timeout_s = settings.inference_timeout_s
         self.fresh = timedelta(seconds=settings.fallback_fresh_s)
-        self.isolate = settings.guard_inference if isolate is None else isolate
+        self.guard = guard or settings.inference_guard
         self._model_info = ModelInfo(name=card.name, accuracy=card.accuracy)
         self._horizon = card.time_horizon
         # state (snapshot)
@@ -217,7 +221,7 @@ class ModelService(Service):
         self.last_good: dict[str, _LastGood] = {}
         self.last_bar: dict[str, datetime] = {}  # newest bar handed out per symbol
         self._arrived: dict[tuple, FeaturesCalculated] = {}  # the latest group of each bar in flight
-        # worker thread for isolated calls
+        # worker thread for guard "thread"
         self._worker: _Worker | None = None
         self._hung: list[threading.Thread] = []
         # counters for the run summary (not state)
@@ -329,9 +333,9 @@ class ModelService(Service):
 
     def _call(self, x: np.ndarray) -> np.ndarray:
         predict = self.model.predict_proba
-        if not self.isolate:
+        if self.guard == "watchdog":
             started = time.perf_counter()
-            proba = predict(x)
+            proba = predict(x, timeout_s=self.timeout_s)
             if time.perf_counter() - started > self.timeout_s:
                 raise InferenceTimeout(f"answer took longer than {self.timeout_s:g}s")
             return proba
