@@ -22,7 +22,7 @@ from pathlib import Path
 from tradepipe.bus import open_bus
 from tradepipe.events import JsonCodec, MarketDataReceived, MsgpackCodec, TickData
 from tradepipe.runtime import Context
-from common import machine_note, median_time, update_section  # bench/ is on sys.path
+from common import machine_note, median_time, report  # bench/ is on sys.path
 
 SYMBOLS = [b"EURUSD", b"NZDUSD", b"GBPUSD", b"USDJPY", b"AUDUSD", b"USDCAD", b"USDCHF", b"EURGBP"]
 TOPIC = "bench"
@@ -144,10 +144,7 @@ def main() -> None:
         "|---|---:|",
     ]
     lines += [f"| {name} | {ns:,.0f} |" for name, ns in codecs.items()]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        update_section(args.write, "## Bus and codecs", text)
+    report(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,15 @@ def machine_note() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()}"
 
 
+def report(lines: list[str], write: Path | None) -> None:
+    """Print a result section (its first line is the '## ' heading) and, with ``--write``,
+    put it into that markdown file in place of the section of the same heading."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        update_section(write, lines[0], text)
+
+
 def update_section(path: Path, heading: str, text: str) -> None:
     """Replace the section starting at ``heading`` (up to the next '## ') or append it."""
     current = path.read_text() if path.exists() else "# Benchmarks\n\n"

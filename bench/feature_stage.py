@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgspec
 
-from common import SHARED_DATA, machine_note, median_time, update_section  # bench/ is on sys.path
+from common import SHARED_DATA, machine_note, median_time, report  # bench/ is on sys.path
 from tradepipe.bus import open_bus
 from tradepipe.pipeline import feature_services
 from tradepipe.runtime.kernel import InProcessPipeline
@@ -104,10 +104,7 @@ def main() -> None:
         *[f"| {fed:,} | {rss:.1f} | {size:,} |" for fed, rss, size in marks],
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        update_section(args.write, "## Feature stage", text)
+    report(lines, args.write)
 
 
 if __name__ == "__main__":

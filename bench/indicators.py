@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tradepipe.features.core import CoreIndicators
-from common import machine_note, median_time, update_section  # bench/ is on sys.path
+from common import machine_note, median_time, report  # bench/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 EURUSD_TICKS = REPO.parent / "shared" / "data" / "eurusd_ticks_2014-05.csv.gz"
@@ -188,10 +188,7 @@ def main() -> None:
                      "state in locals and runs the same inlined per-bar math as the live step; the machine "
                      "is shared and noisy, so a ratio near 2 can land on either side.")
     lines += [f"\n{note}" for note in notes]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        update_section(args.write, "## Indicators", text)
+    report(lines, args.write)
 
 
 if __name__ == "__main__":

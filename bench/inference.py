@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import SHARED_DATA, machine_note, update_section  # bench/ is on sys.path
+from common import SHARED_DATA, machine_note, report  # bench/ is on sys.path
 from tradepipe.config import Settings
 from tradepipe.events import FeaturesCalculated, TradingSignalGenerated
 from tradepipe.models.registry import ModelRegistry
@@ -212,10 +212,7 @@ def main() -> None:
     for label, (med, p99, _) in (("watchdog guard (default)", direct), ("thread guard", guarded)):
         lines.append(f"| {label} | {med:.0f} µs | {p99:.0f} µs | {'met' if p99 < 1000 else '**missed**'} |")
     lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        update_section(args.write, "## Inference", text)
+    report(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -311,7 +311,6 @@ def test_with_the_watchdog_guard_a_slow_call_is_a_failure_and_no_thread_is_used(
 
 
 def test_the_watchdog_aborts_an_overrunning_onnx_runtime_run():
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
