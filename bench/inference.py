@@ -206,8 +206,10 @@ def main() -> None:
     ]
     for (name, (gm, gp, fb)), (im, ip, _) in zip(isolated.items(), inline.values()):
         lines.append(f"| {name} | {gm:.1f} / {gp:.1f} | {im:.1f} / {ip:.1f} | {fb} |")
-    lines += ["", "Features → signal: the completing feature event through the three model services and the ensemble "
-              f"in the kernel, until its TradingSignalGenerated is out, over {guarded[2]} bars (goal: p99 < 1 ms):", "",
+    lines += ["", "Features → signal: from the feature event that completes a bar's join (the bar's other two "
+              "groups were fed before the clock starts, the indicator work is the feature stage's) through the "
+              "three model services and the ensemble in the kernel, until its TradingSignalGenerated is out, "
+              f"over {guarded[2]} bars (goal: p99 < 1 ms):", "",
               "| model calls | median | p99 | goal |", "|---|---:|---:|---|"]
     for label, (med, p99, _) in (("watchdog guard (default)", direct), ("thread guard", guarded)):
         lines.append(f"| {label} | {med:.0f} µs | {p99:.0f} µs | {'met' if p99 < 1000 else '**missed**'} |")

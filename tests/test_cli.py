@@ -81,10 +81,24 @@ def test_run_on_the_shipped_sample_writes_the_summary(workdir):
     assert again.exit_code == 2 and "already holds" in again.output and "--fresh" in again.output
 
 
-def test_too_little_data_to_train_first_models_is_a_clear_error(workdir, small_ticks):
-    result = invoke("run", "--data", str(small_ticks))
+def test_too_little_data_to_train_first_models_runs_without_the_model_stage(workdir, small_ticks):
+    result = invoke("run", "--data", str(small_ticks), "--summary-json", "s.json")
+    assert result.exit_code == 0, result.output
+    assert "cannot train models on this data" in result.output and "without the model stage" in result.output
+    summary = json.loads((workdir / "s.json").read_text())
+    assert summary["features_events"] > 0 and summary["models"] == {} and summary["predictions"] == 0
+
+
+def test_tick_models_on_bar_files_are_refused_at_start(workdir, tmp_path):
+    assert invoke("run", "--data", str(sample_paths()[0])).exit_code == 0  # trains tick models
+    bars = workdir / "eurusd_m1_small.csv"
+    bars.write_text("ts_utc,open,high,low,close,volume,spread\n"
+                    "2014-05-05T00:00:00Z,1.38676,1.38686,1.38669,1.38686,43,0.00011\n")
+    result = invoke("run", "--data", str(bars), "--fresh")
     assert result.exit_code == 2
-    assert "cannot train models on this data" in result.output and "--no-models" in result.output
+    message = " ".join(result.output.split())  # rich wraps long lines
+    assert "use tick microstructure inputs, which bar files (eurusd_m1_small.csv)" in message
+    assert "--no-models" in message
 
 
 def test_a_corrupt_registry_is_a_clear_error_at_start(workdir):

@@ -94,8 +94,8 @@ def run(
                 "pass --fresh to start a new file or --append to add to it"
             )
         models = None if no_models else ModelRegistry(settings.models.registry)
-        if models is not None and models.is_empty():
-            _train_small_models(paths, symbol, settings)
+        if models is not None and models.is_empty() and not _train_small_models(paths, symbol, settings):
+            models = None
         total = sum(_count_rows(p) for p in paths)
         with _progress() as progress:
             stages = "ticks -> bars -> features" + ("" if models is None else " -> models -> signals")
@@ -117,10 +117,12 @@ def run(
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def _train_small_models(paths: list[Path], symbol: str | None, settings: Settings) -> None:
+def _train_small_models(paths: list[Path], symbol: str | None, settings: Settings) -> bool:
     """First use: train small models on the run's own data so the model stage has something to
     load. They are a demonstration, not an evaluation: the run then predicts the very bars they
-    were fitted on. `tradepipe train` builds real ones, with out-of-sample reports."""
+    were fitted on. `tradepipe train` builds real ones, with out-of-sample reports. Returns
+    False (after saying why) when the data is too little to train on: the run then goes on
+    without the model stage."""
     from tradepipe.models.dataset import DatasetError
     from tradepipe.models.training import SMALL_PARAMS, TrainError, TrainRequest
     from tradepipe.models.training import train as run_training
@@ -137,10 +139,12 @@ def _train_small_models(paths: list[Path], symbol: str | None, settings: Setting
         with _progress() as progress:
             result = run_training(request, _training_progress(progress))
     except (DatasetError, TrainError) as exc:
-        raise fail(f"cannot train models on this data ({exc}); train them with `tradepipe train` on more "
-                   "data, or run with --no-models") from None
+        err.print(f"[yellow]warning:[/] cannot train models on this data ({exc}); running without the model "
+                  "stage. Train them with `tradepipe train` on more data.", highlight=False)
+        return False
     err.print(f"trained {', '.join(m.card.name for m in result.models.values())} in {result.wall_s:.1f} s "
               f"into {ms.registry}", highlight=False)
+    return True
 
 
 def _training_progress(progress: Progress):

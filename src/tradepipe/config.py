@@ -78,6 +78,13 @@ class ModelSettings(Section):
         "(also survives hangs outside ONNX Runtime; 100-400 us a call here)")
     fallback_fresh_s: float = Field(120.0, ge=0, description="a last good prediction younger than this is reused")
 
+    @field_validator("kinds")
+    @classmethod
+    def _distinct(cls, kinds: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"each kind once; got {list(kinds)}")
+        return kinds
+
     @field_validator("version")
     @classmethod
     def _version(cls, version: str) -> str:

@@ -74,6 +74,19 @@ def model_services(settings: Settings, registry: ModelRegistry | str | Path, *,
     return services
 
 
+def _check_models_fit_data(model_stage: list[ModelService], sources: list) -> None:
+    """Refuse, before anything runs, models that need tick microstructure inputs on bar files:
+    that group never arrives from bars, so every prediction would silently be a fallback."""
+    tick_models = [s.card.name for s in model_stage if "market-microstructure" in s.join.groups]
+    bar_files = [Path(path).name for path, kind, _ in sources if kind == "bars"]
+    if tick_models and bar_files:
+        raise ValueError(
+            f"{', '.join(tick_models)} use tick microstructure inputs, which bar files ({', '.join(bar_files)}) "
+            "cannot feed: every prediction would be a fallback. Train models on bars into another registry "
+            "(`tradepipe train --data BARS --registry DIR`, then `tradepipe run --registry DIR`), or run with --no-models"
+        )
+
+
 class RunRequest(msgspec.Struct, frozen=True):
     paths: list[Path]
     settings: Settings
@@ -113,9 +126,10 @@ def run_pipeline(
     kernel = InProcessPipeline(services, bus, codec=codec)
     model_stage = [s for s in models if isinstance(s, ModelService)]
     started = time.perf_counter()
+    sources = [(path, *open_source(path, request.symbol)) for path in request.paths]  # lazy: nothing read yet
+    _check_models_fit_data(model_stage, sources)
     try:
-        for path in request.paths:
-            kind, items = open_source(path, request.symbol)
+        for path, kind, items in sources:
             handle = bridge.handle_tick if kind == "ticks" else bridge.handle_bar
             before, count = bridge.rejected, 0
             for count, item in enumerate(counted(items, kind), 1):

@@ -202,3 +202,35 @@ def test_cli_train_bad_input_exits_2_with_a_message(workdir, small_files):
     result = invoke("train", "--data", small_files[0], "--timeframe", "2m")
     assert result.exit_code == 2 and "timeframe" in result.output
     assert not (workdir / "reg").exists()
+
+
+def test_rows_do_not_change_when_later_data_is_appended(tmp_path):
+    """No look-ahead in the inputs: a row's inputs are the same whether the file ends soon
+    after it or goes on (a shuffled-label test cannot show this: a leaking input is useless
+    once the labels are shuffled)."""
+    from tradepipe.models.dataset import build_dataset
+
+    [eurusd] = [p for p in sample_paths() if p.name.startswith("eurusd")]
+    short = build_dataset([head_of(eurusd, 40_000, tmp_path / "eurusd_ticks_short.csv")],
+                          timeframe="1m", horizon=5, dead_band=0.35e-4, window=8, min_rows=50)
+    long = build_dataset([head_of(eurusd, 80_000, tmp_path / "eurusd_ticks_long.csv")],
+                         timeframe="1m", horizon=5, dead_band=0.35e-4, window=8, min_rows=50)
+    shared, in_short, in_long = np.intersect1d(short.bar_time_ms, long.bar_time_ms, return_indices=True)
+    assert len(shared) == len(short) > 300  # every labelled row of the short file is in the long one
+    np.testing.assert_array_equal(short.x[in_short], long.x[in_long])
+    np.testing.assert_array_equal(short.windows(in_short), long.windows(in_long))
+    np.testing.assert_array_equal(short.y[in_short], long.y[in_long])
+
+
+def test_a_planted_leak_is_caught_by_the_evaluation(tmp_path, sample_dataset):
+    """The other side of the leakage tests: an input that holds the future return lifts the
+    out-of-sample scores far above anything the honest inputs reach, so the evaluation would
+    show a leak if the feature code had one."""
+    import msgspec
+
+    leak = sample_dataset.inputs.index("ret_1")
+    x = sample_dataset.x.copy()
+    x[:, leak] = sample_dataset.forward_return  # ret_1 replaced by the return the label is made from
+    leaky = msgspec.structs.replace(sample_dataset, x=x)
+    result = train(small_request(tmp_path, kinds=("xgboost",)), dataset=leaky)
+    assert result.models["xgboost"].overall["accuracy"] > 0.9

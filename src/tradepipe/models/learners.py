@@ -279,6 +279,8 @@ class LSTMLearner(Learner):
                     stale += 1
                     if stale >= int(p["patience"]):
                         break
+            if best_state is None:
+                raise FloatingPointError("the LSTM's validation loss was never finite (inputs out of range?)")
             module.load_state_dict(best_state)
         finally:
             torch.set_num_threads(threads)

@@ -44,7 +44,9 @@ def verdict(overall: dict, baselines: dict) -> dict:
     accuracy's standard error (a margin inside 2 standard errors is not evidence)."""
     best_acc_name, best_acc = max(((n, b["accuracy"]) for n, b in baselines.items()), key=lambda t: t[1])
     best_bal_name, best_bal = max(((n, b["balanced_accuracy"]) for n, b in baselines.items()), key=lambda t: t[1])
-    n = max(overall["rows"], 1)
+    # consecutive rows' labels overlap (each spans the horizon), so they are not independent:
+    # count rows spaced a horizon apart (the naive rule's rows), not every row
+    n = max(len(overall.get("equity", {}).get("curve") or ()) or overall["rows"], 1)
     se = math.sqrt(max(best_acc * (1 - best_acc), 1e-12) / n)
     margin = overall["accuracy"] - best_acc
     prior_loss = baselines["majority"].get("log_loss")

@@ -11,9 +11,10 @@ fold numbers: the final model itself has no test set.
 Same files + request (seed included) -> same rows, same data hash, same models byte for byte
 and same metrics (R6.4); every library is seeded and runs on a fixed number of threads.
 
-``shuffle_labels`` permutes the labels the models learn from (never the test labels): a
-pipeline without leakage must then score at the baselines' level (tests use it; it is not a
-CLI option).
+``shuffle_labels`` permutes the labels the models learn from (never the test labels): the
+models must then score at the baselines' level, which shows that no test label reaches the
+fit (tests use it; it is not a CLI option). That inputs hold no future is tested apart: a
+row's inputs do not change when later data is appended.
 """
 
 from __future__ import annotations
@@ -117,6 +118,13 @@ def library_versions() -> dict[str, str]:
             out[module] = "not installed"
     out["tradepipe"] = metadata.version("tradepipe")
     return out
+
+
+def _fit(learner, x, y, x_val, y_val, seed: int):
+    try:
+        return learner.fit(x, y, x_val, y_val, seed=seed)
+    except FloatingPointError as exc:  # e.g. an LSTM whose validation loss never became finite
+        raise TrainError(f"{learner.kind}: {exc}") from None
 
 
 def check_kinds(kinds) -> tuple[str, ...]:
@@ -286,8 +294,8 @@ def train(request: TrainRequest, on_progress: Progress | None = None, *, dataset
         if on_progress:
             on_progress(kind, 0, steps)
         for k, (fold, split) in enumerate(zip(folds, inner)):
-            fitted = learner.fit(ds.features(split.train, w), y_learn[split.train],
-                                 ds.features(split.test, w), y_learn[split.test], seed=request.seed)
+            fitted = _fit(learner, ds.features(split.train, w), y_learn[split.train],
+                          ds.features(split.test, w), y_learn[split.test], request.seed)
             proba = np.asarray(fitted.predict_proba(ds.features(fold.test, w)), dtype=np.float64)
             probas.append(proba)
             in_fold = non_overlapping(ds.symbol, ds.bar_time_ms, ds.label_end_ms, fold.test)
@@ -310,8 +318,8 @@ def train(request: TrainRequest, on_progress: Progress | None = None, *, dataset
                    "equity": equity(np.argmax(proba_all[eq_pos], axis=1), equity_rows)}
 
         # the registry's model: all rows, last 15% for early stopping
-        fitted = learner.fit(ds.features(final_split.train, w), y_learn[final_split.train],
-                             ds.features(final_split.test, w), y_learn[final_split.test], seed=request.seed)
+        fitted = _fit(learner, ds.features(final_split.train, w), y_learn[final_split.train],
+                      ds.features(final_split.test, w), y_learn[final_split.test], request.seed)
         n_inputs = len(ds.inputs)
         onnx = fitted.onnx_bytes(n_inputs, w)
         check = _check_rows(len(ds))

@@ -27,8 +27,13 @@ no model output can be used the **fallback** answers, marked ``fallback=True``: 
 last good prediction while its bar is younger than ``fallback_fresh_s`` (event time), else a
 trend-following rule (``model.name`` "TrendRule"). Bad input is not a model failure: a vector
 with NaN (warm-up, a group missing at the deadline) or an LSTM window not yet full takes the
-fallback without touching the breaker. Exactly one PredictionGenerated is emitted per joined
-bar, so the ensemble always hears from every model.
+fallback without touching the breaker. One PredictionGenerated is emitted per joined bar, so
+the ensemble hears from every model (a partial join older than a bar already predicted is
+dropped and counted in ``late_bars``, so the LSTM window stays in order).
+
+Backtests are deterministic in their decisions, with two wall-clock exceptions: a call slower
+than ``inference_timeout_s`` counts as a failure (on a badly overloaded machine a replay could
+open a breaker elsewhere), and ``inferenceTime`` reports the measured time.
 
 Hangs (``models.inference_guard``). ``"watchdog"`` (default): the model runs in the
 handler's thread with ONNX Runtime's terminate flag armed; the process's one watchdog thread
@@ -62,8 +67,10 @@ from tradepipe.features.join import FEATURE_GROUPS, FeatureJoin, JoinedFeatures
 from tradepipe.features.microstructure import MicrostructureAccumulator, microstructure_features
 from tradepipe.features.technical import TechnicalIndicators
 from tradepipe.models.inputs import INPUTS, check_inputs, required_features
+from tradepipe.models.dataset import GAP_FACTOR
 from tradepipe.models.learners import CLASSES
 from tradepipe.models.registry import LoadedModel, ModelLoadError
+from tradepipe.sources.files import timeframe_ms
 from tradepipe.runtime.breaker import CircuitBreaker, Transition
 from tradepipe.runtime.service import Context, Service
 
@@ -204,6 +211,7 @@ class ModelService(Service):
         self.card = card
         self.timeframe = card.timeframe
         self.window = max(int(card.window), 1)
+        self._window_gap = timedelta(milliseconds=GAP_FACTOR * max(self.window - 1, 1) * timeframe_ms(card.timeframe))
         self.vector = InputVector(card.inputs)
         groups = {FE, TA} | {FEATURE_GROUP_OF[raw] for raw in needs}
         self.join = FeatureJoin(tuple(g for g in FEATURE_GROUPS if g in groups),
@@ -280,6 +288,8 @@ class ModelService(Service):
             window = self.windows.get(symbol)
             if window is None:
                 window = self.windows[symbol] = deque(maxlen=self.window)
+            elif previous is not None and bar_time - previous > self._window_gap:
+                window.clear()  # training drops windows that span a data gap (a weekend): so do we
             window.append(vector)
             x = np.stack(window) if len(window) == self.window else None
         else:
