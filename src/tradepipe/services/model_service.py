@@ -110,7 +110,7 @@ class InputVector:
         check_inputs(names)
         self.names = tuple(names)
         self.raw = required_features(self.names)
-        self._slices = {c: slice(i, i + 1) for i, c in enumerate(self.raw)}
+        self._index = {c: i for i, c in enumerate(self.raw)}
         self._formulas = tuple(INPUTS[n][1] for n in self.names)
 
     def __call__(self, features: Mapping[str, float | None]) -> np.ndarray:
@@ -119,11 +119,11 @@ class InputVector:
         if memo is not None and memo[0] == values:
             return memo[1]
         row = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        slices = self._slices
-        column = lambda name: row[slices[name]]  # noqa: E731 - the formulas' column accessor
+        index = self._index
+        column = lambda name: row[index[name]]  # noqa: E731 - np.float64 scalars: the cheap path of the formulas
         out = np.empty(len(self._formulas), dtype=np.float32)
         for j, formula in enumerate(self._formulas):
-            out[j] = formula(column)[0]
+            out[j] = formula(column)
         out.flags.writeable = False
         self._memo[self.names] = (values, out)
         return out
