@@ -219,6 +219,13 @@ def test_bad_config_fails_at_start_naming_the_field(workdir, monkeypatch):
     monkeypatch.setenv("TRADEPIPE_BUS__PARTITIONS", "zero")
     result = invoke("topics", "list")
     assert result.exit_code == 2 and "bus.partitions" in result.output
+    monkeypatch.delenv("TRADEPIPE_BUS__PARTITIONS")
+    (workdir / "tradepipe.toml").write_text("[models]\nkinds = ['lstm', 'lstm']\n[ensemble]\ndeadline_s = 1\n")
+    message = " ".join(invoke("run").output.split())
+    assert "models.kinds: Value error, each kind once" in message
+    (workdir / "tradepipe.toml").write_text("[ensemble]\ndeadline_s = 1\n")
+    message = " ".join(invoke("run").output.split())
+    assert "ensemble.deadline_s (1) must be at least models.join_deadline_s (5)" in message
 
 
 def test_config_file_and_environment_choose_the_bus(workdir, small_ticks, monkeypatch):

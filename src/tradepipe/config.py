@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from tradepipe.runtime.runner import RunnerConfig
@@ -103,7 +103,9 @@ class ModelSettings(Section):
 
 
 class EnsembleSettings(Section):
-    deadline_s: float = Field(2.0, gt=0, description="wait for the models of one correlationId (event time)")
+    deadline_s: float = Field(
+        6.0, gt=0, description="wait for the models of one correlationId (event time); at least "
+        "models.join_deadline_s, or a model whose join went partial always misses the ensemble")
     hit_window: int = Field(200, ge=1, description="resolved predictions in each model's rolling hit rate")
     prior_weight: float = Field(20.0, ge=0, description="pseudo-observations of the validation accuracy")
 
@@ -118,6 +120,15 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     models: ModelSettings = ModelSettings()
     ensemble: EnsembleSettings = EnsembleSettings()
+
+    @model_validator(mode="after")
+    def _ensemble_waits_for_partial_joins(self) -> "Settings":
+        if self.ensemble.deadline_s < self.models.join_deadline_s:
+            raise ValueError(
+                f"ensemble.deadline_s ({self.ensemble.deadline_s:g}) must be at least models.join_deadline_s "
+                f"({self.models.join_deadline_s:g}): a model answering at its join deadline would always miss "
+                "the ensemble")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -153,7 +164,9 @@ def load_settings(path: str | Path | None = None, **overrides: dict) -> Settings
         return Settings.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            # a cross-field check has no location: its message names the fields itself
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"]
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration{where}: {problems}") from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML
