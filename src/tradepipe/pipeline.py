@@ -77,7 +77,7 @@ def model_services(settings: Settings, registry: ModelRegistry | str | Path, *,
 def _check_models_fit_data(model_stage: list[ModelService], sources: list) -> None:
     """Refuse, before anything runs, models that need tick microstructure inputs on bar files:
     that group never arrives from bars, so every prediction would silently be a fallback."""
-    tick_models = [s.card.name for s in model_stage if "market-microstructure" in s.join.groups]
+    tick_models = [s.card.name for s in model_stage if MarketMicrostructure.name in s.join.groups]
     bar_files = [Path(path).name for path, kind, _ in sources if kind == "bars"]
     if tick_models and bar_files:
         raise ValueError(

@@ -64,3 +64,29 @@ def test_a_feature_name_published_by_two_groups_is_an_error():
 def test_other_groups_are_ignored():
     join = FeatureJoin()
     assert join.add(features("some-other-service", {"x": 1.0})) is None and join.in_flight == 0
+
+
+def test_last_names_the_completing_event_and_a_snapshot_restores_the_bars_in_flight():
+    import msgspec
+
+    join = FeatureJoin(deadline=timedelta(seconds=5))
+    first = features("technical-analysis", {"atr_14": 1.0}, at=BAR + timedelta(minutes=1))
+    join.add(first)
+    join.add(features("feature-engineering", {"rsi": 1.0}, symbol="NZDUSD"))
+    fe = features("feature-engineering", {"rsi": 50.0}, at=BAR + timedelta(minutes=1, seconds=1))
+    join.add(fe)
+
+    restored = FeatureJoin(deadline=timedelta(seconds=5))
+    restored.restore(msgspec.json.decode(msgspec.json.encode(join.snapshot())))
+    assert restored.in_flight == 2
+    # same deadline (from the first group's time) and the same latest arrival after a restore
+    due = BAR + timedelta(minutes=1, seconds=5)
+    [a] = [j for j in join.expire(due) if j.symbol == "EURUSD"]
+    [b] = [j for j in restored.expire(due) if j.symbol == "EURUSD"]
+    assert a == b and a.last == fe and a.missing == ("market-microstructure",)
+
+    complete = FeatureJoin()
+    complete.add(first)
+    mm = features("market-microstructure", {"tick_count": 3.0})
+    complete.add(mm)
+    assert complete.add(fe).last == fe

@@ -10,7 +10,7 @@ import pytest
 from tradepipe.events.envelope import utc_from_ms
 from tradepipe.events.types import FeaturesCalculated
 from tradepipe.features.bars import OpenBars
-from tradepipe.features.microstructure import MicrostructureAccumulator, micro_price, microstructure_features
+from tradepipe.features.microstructure import NAMES, MicrostructureAccumulator, micro_price, microstructure_features
 from tradepipe.runtime.clock import EventClock
 from tradepipe.runtime.service import Context
 from tradepipe.services.bar_builder import BarBuilder
@@ -70,6 +70,7 @@ def test_micro_price_with_sizes():
     [bar] = bars.add("EURUSD", T0 + MINUTE, 1.1001, 1.1003, 1.0, 1.0)
     expected = (1.1000 * 1.0 + 1.1002 * 3.0) / (3.0 + 1.0)
     assert microstructure_features(bar)["micro_price"] == pytest.approx(expected, rel=1e-15)
+    assert tuple(microstructure_features(bar)) == NAMES  # the names the model services map to this group
 
 
 @pytest.fixture(scope="module")

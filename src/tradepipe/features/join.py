@@ -25,7 +25,8 @@ class JoinedFeatures(msgspec.Struct, frozen=True):
     features: dict[str, float | None]
     groups: tuple[str, ...]  # the groups that arrived
     missing: tuple[str, ...]  # the groups that did not arrive before the deadline
-    sources: tuple[FeaturesCalculated, ...]
+    sources: tuple[FeaturesCalculated, ...]  # in group order
+    last: FeaturesCalculated  # the event that arrived last: the one that completed the bar, if any
 
     @property
     def complete(self) -> bool:
@@ -33,11 +34,12 @@ class JoinedFeatures(msgspec.Struct, frozen=True):
 
 
 class _Pending:
-    __slots__ = ("first_seen", "parts")
+    __slots__ = ("first_seen", "parts", "last")
 
     def __init__(self, first_seen: datetime) -> None:
         self.first_seen = first_seen
         self.parts: dict[str, FeaturesCalculated] = {}
+        self.last: FeaturesCalculated | None = None
 
 
 class FeatureJoin:
@@ -56,6 +58,7 @@ class FeatureJoin:
         if pending is None:
             pending = self._pending[key] = _Pending(event.timestamp)
         pending.parts[event.group] = event
+        pending.last = event
         if len(pending.parts) < len(self.groups):
             return None
         del self._pending[key]
@@ -70,6 +73,21 @@ class FeatureJoin:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def snapshot(self) -> list:
+        """The bars in flight, as plain builtins: a checkpoint can fall between the groups of
+        one bar, and groups already consumed are not delivered again after a restart."""
+        return msgspec.to_builtins([
+            [p.first_seen, [e for e in p.parts.values() if e is not p.last] + [p.last]]
+            for p in self._pending.values()
+        ])
+
+    def restore(self, state: list) -> None:
+        self._pending = {}
+        for first_seen, events in msgspec.convert(state, list[tuple[datetime, list[FeaturesCalculated]]]):
+            for event in events:  # the last to arrive last
+                self.add(event)
+            self._pending[(events[0].symbol, events[0].timeframe, events[0].bar_time)].first_seen = first_seen
+
     def _joined(self, key: tuple[str, str, datetime], pending: _Pending) -> JoinedFeatures:
         symbol, timeframe, bar_time = key
         features: dict[str, float | None] = {}
@@ -82,5 +100,5 @@ class FeatureJoin:
         return JoinedFeatures(
             symbol=symbol, timeframe=timeframe, bar_time=bar_time, features=features, groups=arrived,
             missing=tuple(g for g in self.groups if g not in pending.parts),
-            sources=tuple(pending.parts[g] for g in arrived),
+            sources=tuple(pending.parts[g] for g in arrived), last=pending.last,
         )

@@ -78,6 +78,11 @@ class MicrostructureAccumulator(Accumulator):
         self.ask_size = ask_size
 
 
+#: the keys of :func:`microstructure_features`, in order
+NAMES = ("spread_mean", "spread_max", "mid_close", "micro_price", "tick_count", "tick_rate", "realized_vol",
+         "tick_imbalance")
+
+
 def microstructure_features(bar: ClosedBar[MicrostructureAccumulator]) -> dict[str, float | None]:
     v = bar.values
     moves = v.upticks + v.downticks
@@ -93,4 +98,4 @@ def microstructure_features(bar: ClosedBar[MicrostructureAccumulator]) -> dict[s
     }
 
 
-__all__ = ["MicrostructureAccumulator", "micro_price", "microstructure_features"]
+__all__ = ["NAMES", "MicrostructureAccumulator", "micro_price", "microstructure_features"]

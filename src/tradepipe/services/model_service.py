@@ -61,10 +61,9 @@ import numpy as np
 from tradepipe.config import ModelSettings
 from tradepipe.events import FEATURES, Event, FeaturesCalculated
 from tradepipe.events.types import CircuitBreakerStateChanged, ModelInfo, Prediction, PredictionGenerated
-from tradepipe.features.bars import ClosedBar
 from tradepipe.features.core import CoreIndicators
 from tradepipe.features.join import FEATURE_GROUPS, FeatureJoin, JoinedFeatures
-from tradepipe.features.microstructure import MicrostructureAccumulator, microstructure_features
+from tradepipe.features.microstructure import NAMES as MICROSTRUCTURE_NAMES
 from tradepipe.features.technical import TechnicalIndicators
 from tradepipe.models.inputs import INPUTS, check_inputs, required_features
 from tradepipe.models.dataset import GAP_FACTOR
@@ -80,8 +79,7 @@ FE, TA, MM = FEATURE_GROUPS
 FEATURE_GROUP_OF: dict[str, str] = {
     **{name: FE for name in (*CoreIndicators.names, "close")},
     **{name: TA for name in TechnicalIndicators.names},
-    **{name: MM for name in microstructure_features(
-        ClosedBar("", "1m", 0, 60_000, MicrostructureAccumulator(1.0, 1.0, 1.0, 0.0)))},
+    **{name: MM for name in MICROSTRUCTURE_NAMES},
 }
 
 TREND_RULE = "TrendRule"
@@ -228,7 +226,6 @@ class ModelService(Service):
         self.windows: dict[str, deque[np.ndarray]] = {}
         self.last_good: dict[str, _LastGood] = {}
         self.last_bar: dict[str, datetime] = {}  # newest bar handed out per symbol
-        self._arrived: dict[tuple, FeaturesCalculated] = {}  # the latest group of each bar in flight
         # worker thread for guard "thread"
         self._worker: _Worker | None = None
         self._hung: list[threading.Thread] = []
@@ -256,9 +253,7 @@ class ModelService(Service):
             return out  # a group of a bar already handed out (late, or re-published)
         joined = join.add(event)
         if joined is not None:
-            self._on_joined(joined, ctx, out, event)
-        else:
-            self._arrived[(event.symbol, event.timeframe, event.bar_time)] = event
+            self._on_joined(joined, ctx, out)
         return out
 
     def on_timer(self, ctx: Context) -> list[Event]:
@@ -267,21 +262,18 @@ class ModelService(Service):
             self._on_joined(late, ctx, out)
         return out
 
-    def _on_joined(self, joined: JoinedFeatures, ctx: Context, out: list[Event],
-                   completing: FeaturesCalculated | None = None) -> None:
+    def _on_joined(self, joined: JoinedFeatures, ctx: Context, out: list[Event]) -> None:
         symbol, bar_time, features = joined.symbol, joined.bar_time, joined.features
         previous = self.last_bar.get(symbol)
         if previous is not None and bar_time <= previous:
-            self._arrived.pop((symbol, joined.timeframe, bar_time), None)
             self.late_bars += 1  # a partial join older than a bar already handed out (a deadline
             return  # longer than a bar): predicting it now would put the LSTM window out of order
         self.last_bar[symbol] = bar_time
-        last_arrived = self._arrived.pop((symbol, joined.timeframe, bar_time), None)
         first = joined.sources[0]
         ids = {
             "symbol": symbol,
             "correlation_id": first.correlation_id or first.event_id,
-            "causation_id": (completing or last_arrived or joined.sources[-1]).event_id,
+            "causation_id": joined.last.event_id,  # the group that completed the bar, or came last
         }
         vector = self.vector(features)
         if self.window > 1:
@@ -405,36 +397,20 @@ class ModelService(Service):
 
     # -- state ----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """LSTM windows, breaker, last good predictions, newest bar per symbol, and the bars
-        whose join is in flight (their FeaturesCalculated events: a checkpoint can fall
-        between the groups of one bar, and the groups already consumed are not re-delivered
-        after a restart). Plain builtins, so any checkpoint codec can hold it."""
-        # FeatureJoin has no snapshot of its own: its pending parts, in arrival order, with
-        # the latest arrival last (the causation of a bar the deadline closes)
-        in_flight = []
-        for key, pending in self.join._pending.items():
-            parts = list(pending.parts.values())
-            latest = self._arrived.get(key)
-            if latest is not None and latest in parts:
-                parts.remove(latest)
-                parts.append(latest)
-            in_flight.extend(parts)
+        """LSTM windows, breaker, last good predictions, newest bar per symbol and the joins in
+        flight. Plain builtins, so any checkpoint codec can hold it."""
         return {
             "model": self.card.name,
             "windows": {s: [v.tolist() for v in w] for s, w in self.windows.items()},
             "breaker": self.breaker.snapshot(),
             "last_good": msgspec.to_builtins(self.last_good),
             "last_bar": msgspec.to_builtins(self.last_bar),
-            "joins": msgspec.to_builtins(in_flight),
+            "joins": self.join.snapshot(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.last_bar = msgspec.convert(state["last_bar"], dict[str, datetime])
-        self.join = FeatureJoin(self.join.groups, self.join.deadline)
-        self._arrived = {}
-        for event in msgspec.convert(state["joins"], list[FeaturesCalculated]):
-            self.join.add(event)  # in arrival order: each bar's first_seen is its first group's time
-            self._arrived[(event.symbol, event.timeframe, event.bar_time)] = event
+        self.join.restore(state["joins"])
         if state.get("model") != self.card.name:
             return  # the state of another model (an upgrade): windows, breaker, answers start afresh
         k = len(self.card.inputs)
