@@ -76,10 +76,9 @@ class ModelCard(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     @property
     def time_horizon(self) -> str:
         """The horizon as a duration string, e.g. "5m" for 5 bars of 1m."""
-        from tradepipe.sources.files import timeframe_ms
+        from tradepipe.sources.files import timeframe_from_ms, timeframe_ms
 
-        minutes = self.horizon * timeframe_ms(self.timeframe) // 60_000
-        return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
+        return timeframe_from_ms(self.horizon * timeframe_ms(self.timeframe))
 
 
 def sha256(data: bytes) -> str:

@@ -44,6 +44,8 @@ import msgspec
 from tradepipe.config import EnsembleSettings
 from tradepipe.events import PREDICTIONS, Event
 from tradepipe.events.types import Contribution, PredictionGenerated, TradingSignalGenerated
+from tradepipe.models.dataset import direction
+from tradepipe.models.learners import CLASSES
 from tradepipe.runtime.service import Context, Service
 from tradepipe.sources.files import timeframe_ms
 
@@ -169,8 +171,7 @@ class EnsembleCoordinator(Service):
             horizon = timedelta(milliseconds=horizon_ms)
             while queue and queue[0].bar_time + horizon <= bar_time:
                 then = queue.popleft()
-                change = price / then.price - 1.0
-                realized = "BUY" if change > self.dead_band else "SELL" if change < -self.dead_band else "HOLD"
+                realized = CLASSES[int(direction(price / then.price - 1.0, self.dead_band))]  # training's label rule
                 window = self.hit_rates.get(then.model)
                 if window is None:
                     window = self.hit_rates[then.model] = HitWindow(self.hit_window)
