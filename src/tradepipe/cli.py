@@ -37,9 +37,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def settings_or_exit(config: Path | None, bus_url: str | None = None) -> Settings:
+def settings_or_exit(config: Path | None, bus_url: str | None = None, **overrides: dict) -> Settings:
+    """Settings with the command's flags on top (None = not given), or exit naming the bad field."""
     try:
-        return load_settings(config, bus={"url": bus_url})
+        return load_settings(config, bus={"url": bus_url}, **overrides)
     except ConfigError as exc:
         raise fail(str(exc)) from None
 
@@ -72,11 +73,7 @@ def run(
     from tradepipe.pipeline import RunRequest, run_pipeline
     from tradepipe.sources import sample_paths
 
-    try:
-        settings = load_settings(config, bus={"url": bus},
-                                 models={"registry": str(registry) if registry is not None else None})
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    settings = settings_or_exit(config, bus, models={"registry": str(registry) if registry is not None else None})
     paths = list(data) if data else sample_paths()
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
@@ -248,13 +245,10 @@ def train(
             kinds = check_kinds(models.split(","))
         except TrainError as exc:
             raise fail(f"--models: {exc}") from None
-    try:
-        settings = load_settings(config, models={
-            "timeframe": timeframe, "horizon": horizon, "dead_band_bps": dead_band_bps,
-            "registry": str(registry) if registry is not None else None, "seed": seed, "kinds": kinds,
-        })
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    settings = settings_or_exit(config, models={
+        "timeframe": timeframe, "horizon": horizon, "dead_band_bps": dead_band_bps,
+        "registry": str(registry) if registry is not None else None, "seed": seed, "kinds": kinds,
+    })
     ms = settings.models
     request = TrainRequest(
         paths=tuple(paths), symbol=symbol, timeframe=ms.timeframe, horizon=ms.horizon,

@@ -85,20 +85,25 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def onnx_session(onnx_bytes: bytes):
+    """An ONNX Runtime session on one thread, CPU: how models run here (one row at a time)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
 class LoadedModel:
     """A registry entry ready to predict: ``predict_proba(x)`` with x of shape (k,) for trees
     or (window, k) for the LSTM, float32, in ``card.inputs`` order; returns SELL, HOLD, BUY
     probabilities. One ONNX Runtime session, one thread (a service runs one row at a time)."""
 
     def __init__(self, card: ModelCard, path: Path, onnx_bytes: bytes) -> None:
-        import onnxruntime as ort
-
         self.card, self.path = card, path
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+            self._session = onnx_session(onnx_bytes)
         except Exception as exc:
             raise ModelLoadError(f"{path / ONNX_FILE}: not a loadable ONNX model ({exc})") from None
         expected = [card.window, len(card.inputs)] if card.window > 1 else [len(card.inputs)]
