@@ -150,9 +150,7 @@ def file_sha256(path: Path) -> str:
 def _feature_table(path: Path, symbol: str | None, timeframe: str) -> tuple[str, FeatureTable]:
     from tradepipe.sources import open_source
 
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such data file")
-    try:
+    try:  # missing files were refused before any was read (build_dataset)
         name_symbol = symbol or symbol_from_filename(path)
         kind, items = open_source(path, name_symbol)
         return kind, build_feature_table(items, symbol=name_symbol, timeframe=timeframe, kind=kind)
