@@ -110,6 +110,88 @@ class EnsembleSettings(Section):
     prior_weight: float = Field(20.0, ge=0, description="pseudo-observations of the validation accuracy")
 
 
+RuleName = Literal[
+    "confidence_floor", "spread_ceiling", "volatility_regime", "model_agreement", "max_trades_per_hour",
+    "trading_hours", "candlestick_confirmation",
+]
+ALL_RULES: tuple[RuleName, ...] = RuleName.__args__
+
+
+class ValidatorSettings(Section):
+    """The pattern validator's rules (R7.1). Every rule in ``rules`` is evaluated for every
+    signal; a signal passes when all of them pass (a HOLD signal never passes: nothing to
+    trade). Live changes arrive as ConfigurationUpdated events with ``validator.<field>`` keys."""
+
+    rules: tuple[RuleName, ...] = Field(ALL_RULES, description="rules a signal must pass")
+    min_confidence: float = Field(0.4, ge=0, le=1, description="ensemble confidence floor")
+    max_spread_bps: float = Field(2.0, gt=0, description="mean spread of the signal's bar, in bp of the price")
+    min_atr_bps: float = Field(0.5, ge=0, description="ATR(14) of the bar below this (bp of price) is too quiet")
+    max_atr_bps: float = Field(50.0, gt=0, description="ATR(14) above this (bp of price) is too wild")
+    min_agreement: float = Field(0.5, ge=0, le=1, description="share of the ensemble weight agreeing with the signal")
+    max_trades_per_hour: int = Field(6, ge=0, description="validated signals per symbol in the last hour (event time)")
+    trading_hours: tuple[int, int] = Field((0, 24), description="UTC [start, end) hours; start > end wraps midnight")
+    trading_days: tuple[int, ...] = Field((0, 1, 2, 3, 4), description="UTC weekdays traded, Monday = 0")
+    require_candle_pattern: bool = Field(
+        False, description="candlestick confirmation also needs a pattern agreeing with the signal "
+        "(by default it fails only on a contradicting one)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ValidatorSettings":
+        start, end = self.trading_hours
+        if not (0 <= start <= 24 and 0 <= end <= 24):
+            raise ValueError(f"trading_hours must be hours in 0..24; got {list(self.trading_hours)}")
+        if self.min_atr_bps >= self.max_atr_bps:
+            raise ValueError(f"min_atr_bps ({self.min_atr_bps:g}) must be below max_atr_bps ({self.max_atr_bps:g})")
+        if any(not 0 <= d <= 6 for d in self.trading_days):
+            raise ValueError(f"trading_days must be weekdays 0..6; got {list(self.trading_days)}")
+        return self
+
+
+class TradingSettings(Section):
+    """The trading engine (R7.2): sizing, pre-trade risk, the broker. Prices and PnL are in
+    each symbol's quote currency; the account adds them up as one currency (true for the
+    XXXUSD pairs shipped)."""
+
+    broker: Literal["paper", "mt5"] = "paper"
+    initial_equity: float = Field(100_000.0, gt=0)
+    sizing: Literal["fixed", "risk"] = Field(
+        "risk", description="fixed = fixed_units per order; risk = risk_per_trade of equity lost at the stop")
+    fixed_units: float = Field(10_000.0, gt=0)
+    risk_per_trade: float = Field(0.0025, gt=0, lt=1, description="fraction of equity risked between entry and stop")
+    lot_step: float = Field(1_000.0, gt=0, description="order sizes are rounded down to this many units")
+    default_stop_bps: float = Field(10.0, gt=0, description="stop distance (bp of price) when the signal has no stop")
+    max_position_units: float = Field(300_000.0, gt=0, description="largest open position per symbol, in units")
+    max_gross_exposure: float = Field(1_000_000.0, gt=0, description="sum of open notionals, quote currency")
+    max_daily_loss: float = Field(0.02, gt=0, lt=1, description="no new orders after losing this fraction of the day's start equity")
+    max_drawdown: float = Field(0.05, gt=0, lt=1, description="kill switch: drawdown from peak equity that halts trading")
+    flatten_on_halt: bool = Field(True, description="close every position when the kill switch trips")
+    slippage_bps: float = Field(0.1, ge=0, description="paper fills this far (bp of price) beyond the bid/ask")
+    commission_per_million: float = Field(30.0, ge=0, description="commission per 1M notional, each side")
+    exit_after_bars: int | None = Field(
+        None, ge=1, description="close a position after this many bars of its signal's timeframe; default models.horizon")
+    mt5_magic: int = Field(20_261_124, description="MT5 magic number marking our orders")
+    mt5_deviation_points: int = Field(10, ge=0, description="largest price deviation MT5 may fill at, in points")
+
+
+class SagaSettings(Section):
+    """Timeouts of the trading workflow's steps (R3.4), in event time (wall time live)."""
+
+    signal_timeout_s: float = Field(15.0, gt=0, description="features of a bar -> the ensemble's signal")
+    validation_timeout_s: float = Field(5.0, gt=0, description="signal -> the validator's verdict")
+    order_timeout_s: float = Field(5.0, gt=0, description="validated signal -> an order placed (or refused)")
+    fill_timeout_s: float = Field(10.0, gt=0, description="order placed -> its fill")
+
+
+class AuditSettings(Section):
+    path: str = Field("tradepipe-audit.db", description="the audit trail's SQLite file")
+    cache_events: int = Field(50_000, ge=100, description="recent upstream events kept to resolve causal chains")
+
+
+class AnalyticsSettings(Section):
+    interval_s: float = Field(3600.0, gt=0, description="event time between PerformanceCalculated events")
+    report_dir: str = Field("reports/latest", description="where `tradepipe run` writes its report")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True, extra="forbid", env_prefix="TRADEPIPE_", env_nested_delimiter="__", validate_default=True
@@ -120,6 +202,11 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     models: ModelSettings = ModelSettings()
     ensemble: EnsembleSettings = EnsembleSettings()
+    validator: ValidatorSettings = ValidatorSettings()
+    trading: TradingSettings = TradingSettings()
+    saga: SagaSettings = SagaSettings()
+    audit: AuditSettings = AuditSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
     @model_validator(mode="after")
     def _ensemble_waits_for_partial_joins(self) -> "Settings":

@@ -48,9 +48,12 @@ from tradepipe.events.types import (
     PredictionGenerated,
     RuleVerdict,
     SignalRejected,
+    SagaCompleted,
     SignalValidated,
     TickData,
+    TradingCommand,
     TradingSignalGenerated,
+    TradingStateChanged,
 )
 from tradepipe.events.upcasting import UpcasterRegistry
 
@@ -99,24 +102,36 @@ SAMPLES = [
         contributors=[Contribution(model="lstm", direction="SELL", confidence=0.8, weight=0.5)],
         missing_models=["lightgbm"],
     ),
-    SignalValidated(**envelope(5), signal_id=SIGNAL_ID, direction="BUY", confidence=0.9, verdicts=VERDICTS[:1]),
-    SignalRejected(**envelope(6), signal_id=SIGNAL_ID, direction="HOLD", confidence=0.4, verdicts=VERDICTS),
-    OrderPlaced(
-        **envelope(7), order_id="o-1", side="BUY", volume=0.1, order_type="LIMIT", price=1.085,
-        stop_loss=1.084, take_profit=1.087, broker="mt5",
+    SignalValidated(
+        **envelope(5, version="1.1"), signal_id=SIGNAL_ID, direction="BUY", confidence=0.9, verdicts=VERDICTS[:1],
+        timeframe="1m", bar_time=T0, price=1.0851, target_price=1.0871, stop_loss=1.0841,
     ),
-    OrderExecuted(**envelope(8), order_id="o-1", side="BUY", volume=0.1, price=1.0851, commission=0.7, slippage=0.0001),
+    SignalRejected(**envelope(6, version="1.1"), signal_id=SIGNAL_ID, direction="HOLD", confidence=0.4, verdicts=VERDICTS),
+    OrderPlaced(
+        **envelope(7, version="1.1"), order_id="o-1", side="BUY", volume=0.1, order_type="LIMIT", price=1.085,
+        stop_loss=1.084, take_profit=1.087, broker="mt5", position_id="o-1", reason="signal",
+    ),
+    OrderExecuted(
+        **envelope(8, version="1.1"), order_id="o-1", side="BUY", volume=0.1, price=1.0851, commission=0.7,
+        slippage=0.0001, position_id="o-1", broker="mt5",
+    ),
     OrderRejected(**envelope(9), order_id="o-2", reason="insufficient margin"),
     OrderCancelled(**envelope(10), order_id="o-3", reason="expired"),
     PositionClosed(
-        **envelope(11), position_id="p-1", side="SELL", volume=0.1, entry_price=1.086, exit_price=1.085,
-        pnl=10.0, reason="take profit",
+        **envelope(11, version="1.1"), position_id="p-1", side="SELL", volume=0.1, entry_price=1.086, exit_price=1.085,
+        pnl=10.0, reason="take-profit", order_id="o-4", opened_at=T0,
+    ),
+    SagaCompleted(
+        **envelope(20), outcome="TIMED_OUT", steps=["signal", "validation", "order"], failed_step="fill",
+        reason="no fill within 5s", compensations=["cancel o-1"], order_id="o-1",
     ),
     PerformanceCalculated(
         **envelope(12), equity=10_010.0, realized_pnl=10.0, unrealized_pnl=-2.5, trades=3,
         metrics={"sharpe": 1.2, "max_drawdown": None},
     ),
     ConfigurationUpdated(**envelope(13), changes={"risk.max_positions": 3, "symbols": ["EURUSD", "GBPUSD"]}),
+    TradingCommand(**envelope(21), command="flatten", order_id="o-1", reason="saga compensation"),
+    TradingStateChanged(**envelope(22), state="HALTED", reason="drawdown 6% >= 5%", equity=94_000.0, drawdown=0.06),
     CircuitBreakerStateChanged(
         **envelope(14), breaker="ml-lstm", from_state="CLOSED", to_state="OPEN", failures=5, reason="timeouts",
     ),
@@ -180,7 +195,7 @@ def test_json_wire_form_is_camel_case_with_type_tag():
     assert doc["timestamp"] == "2024-01-20T10:30:00.007000Z"
     assert doc["correlationId"] == str(ROOT)
     assert {"orderId", "orderType", "stopLoss", "takeProfit"} <= doc.keys()
-    assert doc["metadata"] == {"version": "1.0", "producer": "test"}
+    assert doc["metadata"] == {"version": "1.1", "producer": "test"}
 
 
 def test_get_codec():
@@ -407,7 +422,7 @@ def as_json(doc) -> bytes:
         (as_json({**GOOD, "metadata": None}),
          "invalid OrderExecuted: Expected `object`, got `null` - at `$.metadata`"),
         (as_json({**GOOD, "metadata": {"version": 2}}),
-         "OrderExecuted schema version 2 cannot be read: no upcaster from it (current version is '1.0')"),
+         "OrderExecuted schema version 2 cannot be read: no upcaster from it (current version is '1.1')"),
     ],
     ids=["truncated", "not-utf8", "list", "string", "unknown-type", "no-type", "missing-field",
          "wrong-type", "bad-literal", "bad-uuid", "metadata-not-object", "metadata-null", "version-not-str"],

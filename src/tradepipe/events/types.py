@@ -147,9 +147,14 @@ class TradingSignalGenerated(Event, frozen=True, kw_only=True):
     stop_loss: float | None = None
 
 
-# 1.0 -> 1.1 of both only added optional fields: an old document reads as it is.
+# 1.0 -> 1.1 of these only added optional fields: an old document reads as it is.
 @UPCASTERS.register("PredictionGenerated", "1.0", "1.1")
 @UPCASTERS.register("TradingSignalGenerated", "1.0", "1.1")
+@UPCASTERS.register("SignalValidated", "1.0", "1.1")
+@UPCASTERS.register("SignalRejected", "1.0", "1.1")
+@UPCASTERS.register("OrderPlaced", "1.0", "1.1")
+@UPCASTERS.register("OrderExecuted", "1.0", "1.1")
+@UPCASTERS.register("PositionClosed", "1.0", "1.1")
 def _added_optional_fields(doc: dict) -> dict:
     return doc
 
@@ -164,10 +169,17 @@ class _SignalVerdict(Event, frozen=True, kw_only=True):
     """What the validator decided about a signal, with every rule's verdict (R7.1)."""
 
     topic = VALIDATED
+    schema_version = "1.1"
     signal_id: uuid.UUID
     direction: Direction
     confidence: float
     verdicts: list[RuleVerdict] = []
+    # 1.1: the signal's bar, price and targets, so the trading engine needs no second topic
+    timeframe: str = ""
+    bar_time: datetime | None = None
+    price: float | None = None
+    target_price: float | None = None
+    stop_loss: float | None = None
 
 
 class SignalValidated(_SignalVerdict, frozen=True, kw_only=True):
@@ -179,9 +191,20 @@ class SignalRejected(_SignalVerdict, frozen=True, kw_only=True):
 
 
 # --- orders and positions ------------------------------------------------------------------
+#
+# Every order event carries its orderId. A position is identified by the orderId that opened
+# it (positionId); its closing order names it too. Exits (stop-loss, take-profit, horizon,
+# reversal, kill switch, compensation) carry the correlationId of the signal that opened the
+# position, so one correlationId follows a trade from its tick to its close.
+
+OrderReason = Literal[
+    "signal", "stop-loss", "take-profit", "horizon", "reversal", "kill-switch", "compensation", "manual",
+]
+
 
 class OrderPlaced(Event, frozen=True, kw_only=True):
     topic = ORDERS
+    schema_version = "1.1"
     order_id: str
     side: Side
     volume: float
@@ -190,16 +213,23 @@ class OrderPlaced(Event, frozen=True, kw_only=True):
     stop_loss: float | None = None
     take_profit: float | None = None
     broker: str = "paper"
+    # 1.1: the position the order opens (its own orderId) or closes, and why it was placed
+    position_id: str = ""
+    reason: OrderReason = "signal"
 
 
 class OrderExecuted(Event, frozen=True, kw_only=True):
     topic = ORDERS
+    schema_version = "1.1"
     order_id: str
     side: Side
     volume: float
     price: float
     commission: float = 0.0
     slippage: float = 0.0
+    # 1.1: see OrderPlaced
+    position_id: str = ""
+    broker: str = "paper"
 
 
 class OrderRejected(Event, frozen=True, kw_only=True):
@@ -216,13 +246,34 @@ class OrderCancelled(Event, frozen=True, kw_only=True):
 
 class PositionClosed(Event, frozen=True, kw_only=True):
     topic = ORDERS
+    schema_version = "1.1"
     position_id: str
     side: Side
     volume: float
     entry_price: float
     exit_price: float
-    pnl: float
+    pnl: float  # realized, in the quote currency, after commissions of both legs
     reason: str = ""
+    # 1.1: the closing order and when the position was opened
+    order_id: str = ""
+    opened_at: datetime | None = None
+
+
+class SagaCompleted(Event, frozen=True, kw_only=True):
+    """How one trading workflow (keyed by correlationId) ended (R3.4).
+
+    COMPLETED: an order was filled. REJECTED: the workflow ended by a decision (HOLD, a rule,
+    a risk check). FAILED: a step failed after an order was placed (compensations ran).
+    TIMED_OUT: a step did not finish in time (compensations ran if an order was placed).
+    """
+
+    topic = ORDERS
+    outcome: Literal["COMPLETED", "REJECTED", "FAILED", "TIMED_OUT"]
+    steps: list[str] = []  # the steps that completed, in order
+    failed_step: str = ""
+    reason: str = ""
+    compensations: list[str] = []  # in the order they were issued (reverse of the steps)
+    order_id: str = ""
 
 
 class PerformanceCalculated(Event, frozen=True, kw_only=True):
@@ -239,6 +290,25 @@ class PerformanceCalculated(Event, frozen=True, kw_only=True):
 class ConfigurationUpdated(Event, frozen=True, kw_only=True):
     topic = SYSTEM
     changes: dict[str, Any]
+
+
+class TradingCommand(Event, frozen=True, kw_only=True):
+    """A command to the trading engine: halt or resume trading (an operator; resume is the
+    only way out of a kill switch), or a saga's compensation: cancel an order or flatten the
+    position it opened."""
+
+    topic = SYSTEM
+    command: Literal["halt", "resume", "cancel", "flatten"]
+    order_id: str = ""
+    reason: str = ""
+
+
+class TradingStateChanged(Event, frozen=True, kw_only=True):
+    topic = SYSTEM
+    state: Literal["ACTIVE", "HALTED"]
+    reason: str = ""
+    equity: float | None = None
+    drawdown: float | None = None  # fraction of the peak equity
 
 
 class CircuitBreakerStateChanged(Event, frozen=True, kw_only=True):
@@ -299,8 +369,8 @@ class DeadLetter(Event, frozen=True, kw_only=True):
 EVENT_TYPES: tuple[type[Event], ...] = (
     MarketDataReceived, BarClosed, FeaturesCalculated, PredictionGenerated,
     TradingSignalGenerated, SignalValidated, SignalRejected, OrderPlaced, OrderExecuted,
-    OrderRejected, OrderCancelled, PositionClosed, PerformanceCalculated, ConfigurationUpdated,
-    CircuitBreakerStateChanged, AlertRaised, APIRequestReceived, APIResponseReady,
-    DatabaseUpdated, DeadLetter,
+    OrderRejected, OrderCancelled, PositionClosed, SagaCompleted, PerformanceCalculated,
+    ConfigurationUpdated, TradingCommand, TradingStateChanged, CircuitBreakerStateChanged,
+    AlertRaised, APIRequestReceived, APIResponseReady, DatabaseUpdated, DeadLetter,
 )
 EVENT_TYPES_BY_NAME: dict[str, type[Event]] = {t.__name__: t for t in EVENT_TYPES}
