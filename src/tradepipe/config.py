@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -229,6 +230,28 @@ class Settings(BaseSettings):
 
 class ConfigError(ValueError):
     """Bad configuration; the message names each bad field."""
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def apply_changes(section: SectionT, prefix: str, changes: Mapping[str, Any]) -> SectionT:
+    """``section`` with the live changes of a ConfigurationUpdated event applied: the keys
+    ``"<prefix>.<field>"`` (e.g. ``validator.min_confidence``); other keys are not for this
+    section and are ignored. All or nothing: raises ConfigError naming every bad key (unknown
+    field, invalid value) and the section is left as it was."""
+    start = prefix + "."
+    mine = {key[len(start):]: value for key, value in changes.items() if key.startswith(start)}
+    if not mine:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(), **mine})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{prefix}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else f"{prefix}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"configuration update refused: {problems}") from None
 
 
 def load_settings(path: str | Path | None = None, **overrides: dict) -> Settings:
