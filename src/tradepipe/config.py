@@ -124,8 +124,9 @@ class ValidatorSettings(Section):
     trade). Live changes arrive as ConfigurationUpdated events with ``validator.<field>`` keys."""
 
     rules: tuple[RuleName, ...] = Field(ALL_RULES, description="rules a signal must pass")
-    min_confidence: float = Field(0.4, ge=0, le=1, description="ensemble confidence floor")
-    max_spread_bps: float = Field(2.0, gt=0, description="mean spread of the signal's bar, in bp of the price")
+    min_confidence: float = Field(
+        0.35, ge=0, le=1, description="ensemble confidence floor (3-class models: ~0.35 when all three agree)")
+    max_spread_bps: float = Field(3.0, gt=0, description="mean spread of the signal's bar, in bp of the price")
     min_atr_bps: float = Field(0.5, ge=0, description="ATR(14) of the bar below this (bp of price) is too quiet")
     max_atr_bps: float = Field(50.0, gt=0, description="ATR(14) above this (bp of price) is too wild")
     min_agreement: float = Field(0.5, ge=0, le=1, description="share of the ensemble weight agreeing with the signal")
@@ -160,6 +161,8 @@ class TradingSettings(Section):
     fixed_units: float = Field(10_000.0, gt=0)
     risk_per_trade: float = Field(0.0025, gt=0, lt=1, description="fraction of equity risked between entry and stop")
     lot_step: float = Field(1_000.0, gt=0, description="order sizes are rounded down to this many units")
+    max_order_units: float = Field(
+        100_000.0, gt=0, description="largest single order: risk sizing from a tight stop (1m ATR) would ask for millions")
     default_stop_bps: float = Field(10.0, gt=0, description="stop distance (bp of price) when the signal has no stop")
     max_position_units: float = Field(300_000.0, gt=0, description="largest open position per symbol, in units")
     max_gross_exposure: float = Field(1_000_000.0, gt=0, description="sum of open notionals, quote currency")

@@ -1,0 +1,329 @@
+"""Trading engine (port 8007, R7.2): validated signals -> orders, positions and exits.
+
+Inputs: validated signals, market data (ticks; bars are ignored), system events (trading
+commands, configuration updates).
+
+**Ticks** are the hot path (every tick of a backtest passes here). The engine keeps the tick's
+TickData as the symbol's last quote (no copy); when the symbol has no open position that is
+all. With open positions it checks each position's exits on this tick (stop-loss, then
+take-profit, then the horizon), marks the account and checks the kill switch: a drawdown from
+peak equity of ``max_drawdown`` or more halts trading (TradingStateChanged HALTED and a
+critical AlertRaised) and, with ``flatten_on_halt``, closes every position ("kill-switch").
+
+**Signals** (SignalValidated): the order id is ``"ord-"`` + 16 hex digits of a BLAKE2b of the
+signal's eventId, so re-handling the signal after a restart gives the same id. The entry is
+the last quote's ask (buy) or bid (sell); the stop and target come from the signal (see
+:mod:`tradepipe.trading.risk`), the size from the sizing rule, then the risk checks. A refusal
+is an OrderRejected ``"risk: ..."`` and nothing else. Otherwise open positions on the other
+side of the symbol are closed first ("reversal"), then OrderPlaced, the broker's fill
+(OrderExecuted, the position opens) or refusal (OrderRejected ``"broker: ..."``). A position
+exits at its horizon: ``exit_after_bars`` bars of the signal's timeframe after the signal's bar
+closed, the same horizon the models' labels look at.
+
+**Exits** are market orders like any other (OrderPlaced, OrderExecuted, then PositionClosed
+with the PnL after both legs' commissions) with the correlationId of the signal that opened
+the position; their order ids hash the event that caused them with the position id.
+
+**Commands** (TradingCommand): ``halt`` (no flatten), ``resume`` (the peak equity restarts at
+the current equity, or the kill switch would trip again at once), ``cancel`` (a pending order
+at the broker; OrderCancelled only when one was cancelled) and ``flatten`` (close the position
+an order opened: a saga's compensation). A command naming no known order is counted and
+ignored. **ConfigurationUpdated** ``trading.*`` keys replace the settings, all or nothing; a
+bad update raises a warning alert and the old settings stay.
+
+**State** (snapshot/restore): the account and its positions, the last quote per symbol, the
+halt reason, the counters, the settings as live updates left them (a restarted engine keeps
+them: the updates are not replayed from before its checkpoint) and the broker's own state
+(MT5 position tickets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from tradepipe.config import ConfigError, TradingSettings, apply_changes
+from tradepipe.events import MARKET_DATA, SYSTEM, VALIDATED, Event
+from tradepipe.events.types import (
+    AlertRaised,
+    ConfigurationUpdated,
+    MarketDataReceived,
+    OrderCancelled,
+    OrderExecuted,
+    OrderPlaced,
+    OrderRejected,
+    PositionClosed,
+    Side,
+    SignalValidated,
+    TickData,
+    TradingCommand,
+    TradingStateChanged,
+)
+from tradepipe.runtime.service import Context, Service
+from tradepipe.sources.files import timeframe_ms
+from tradepipe.trading.account import Account, Position
+from tradepipe.trading.brokers.base import Broker, BrokerRejection, OrderRequest, Quote
+from tradepipe.trading.brokers.paper import PaperBroker
+from tradepipe.trading.risk import order_units, profit_target, protective_stop, refusal
+
+NOTHING: tuple[Event, ...] = ()
+DEFAULT_TIMEFRAME = "1m"  # of a signal that names none
+OPPOSITE: dict[str, Side] = {"BUY": "SELL", "SELL": "BUY"}
+COUNTERS = (
+    "orders_placed", "fills", "rejected_by_risk", "rejected_by_broker", "positions_closed",
+    "orders_cancelled", "unmatched_commands",
+)
+
+
+def order_id_for(*causes: bytes) -> str:
+    """A deterministic order id from what caused the order."""
+    return "ord-" + hashlib.blake2b(b"|".join(causes), digest_size=8).hexdigest()
+
+
+class TradingEngine(Service):
+    name = "trading-engine"
+    port = 8007
+    inputs = (VALIDATED, MARKET_DATA, SYSTEM)
+
+    def __init__(self, settings: TradingSettings, broker: Broker | None = None, *, exit_after_bars: int = 5) -> None:
+        self.settings = settings
+        self._paper_from_settings = broker is None
+        self.broker = broker or self._paper_broker(settings)
+        self.horizon_bars = exit_after_bars  # the models' horizon: bars to hold unless settings say otherwise
+        # state (snapshot)
+        self.account = Account(settings.initial_equity)
+        self.quotes: dict[str, TickData] = {}  # symbol -> last tick
+        self.halted: str | None = None  # why trading is halted, None when ACTIVE
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.max_drawdown_seen = 0.0
+        self._handlers: dict[type, Callable[[Any, Context], list[Event]]] = {
+            SignalValidated: self._on_signal,
+            TradingCommand: self._on_command,
+            ConfigurationUpdated: self._on_configuration,
+        }
+
+    @staticmethod
+    def _paper_broker(settings: TradingSettings) -> PaperBroker:
+        return PaperBroker(settings.slippage_bps, settings.commission_per_million)
+
+    # -- dispatch -------------------------------------------------------------------------
+    def handle(self, event: Event, ctx: Context) -> Iterable[Event]:
+        if type(event) is MarketDataReceived:
+            tick = event.data
+            symbol = event.symbol
+            self.quotes[symbol] = tick
+            if symbol not in self.account.by_symbol:
+                return NOTHING
+            return self._on_tick_with_positions(event, symbol, tick, ctx)
+        handler = self._handlers.get(type(event))
+        return handler(event, ctx) if handler is not None else NOTHING
+
+    # -- ticks ----------------------------------------------------------------------------
+    def _on_tick_with_positions(self, event: Event, symbol: str, tick: TickData,
+                                ctx: Context) -> Iterable[Event]:
+        account = self.account
+        now, bid, ask = tick.timestamp, tick.bid, tick.ask
+        if now >= account.next_day:
+            account.roll_day(now)
+        exits = [(p, reason) for p in account.by_symbol[symbol]
+                 if (reason := p.exit_reason(bid, ask, now)) is not None]
+        out = [e for p, reason in exits for e in self._close(p, reason, event, ctx)] if exits else None
+        alarm = self._check_kill_switch(account.mark(symbol, bid, ask), event, ctx)
+        if alarm:
+            return out + alarm if out else alarm
+        return out or NOTHING
+
+    def _check_kill_switch(self, equity: float, cause: Event, ctx: Context) -> list[Event] | None:
+        """Halt (and flatten) when the drawdown of ``equity`` from the peak reaches the limit."""
+        account = self.account
+        drawdown = (account.peak_equity - equity) / account.peak_equity
+        if drawdown > self.max_drawdown_seen:
+            self.max_drawdown_seen = drawdown
+        limit = self.settings.max_drawdown
+        if drawdown < limit or self.halted is not None:
+            return None
+        self.halted = (f"kill switch: drawdown {drawdown:.2%} of peak equity {account.peak_equity:,.2f} "
+                       f"reached the limit {limit:.2%} (equity {equity:,.2f})")
+        out: list[Event] = [
+            ctx.emit(TradingStateChanged, state="HALTED", reason=self.halted, equity=equity, drawdown=drawdown),
+            ctx.emit(AlertRaised, rule="max_drawdown", severity="critical", message=self.halted,
+                     value=drawdown, threshold=limit),
+        ]
+        if self.settings.flatten_on_halt:
+            for position in list(account.positions.values()):
+                out += self._close(position, "kill-switch", cause, ctx)
+        return out
+
+    # -- signals --------------------------------------------------------------------------
+    def _on_signal(self, signal: SignalValidated, ctx: Context) -> list[Event]:
+        order_id = order_id_for(signal.event_id.bytes)
+        symbol, side = signal.symbol, signal.direction
+        if side not in OPPOSITE:
+            return self._refuse(ctx, order_id, f"a {side} signal has nothing to trade")
+        if not symbol:
+            return self._refuse(ctx, order_id, "the signal names no symbol")
+        tick = self.quotes.get(symbol)
+        if tick is None:
+            return self._refuse(ctx, order_id, f"no market price for {symbol} yet")
+        if not 0 < tick.bid <= tick.ask:
+            return self._refuse(ctx, order_id, f"no valid market price for {symbol} (bid {tick.bid}, ask {tick.ask})")
+        settings, account = self.settings, self.account
+        account.roll_day(ctx.now())
+        entry = tick.ask if side == "BUY" else tick.bid
+        stop = protective_stop(side, entry, signal.stop_loss, settings.default_stop_bps)
+        units = order_units(settings, account.equity, entry, stop)
+        why = refusal(settings, account, symbol, side, units, entry, halted=self.halted)
+        if why is not None:
+            return self._refuse(ctx, order_id, why)
+
+        out: list[Event] = []
+        for position in [p for p in account.by_symbol.get(symbol, ()) if p.side != side]:
+            out += self._close(position, "reversal", signal, ctx)
+        target = profit_target(side, entry, signal.target_price)
+        placed = ctx.emit(OrderPlaced, order_id=order_id, side=side, volume=units, price=entry, stop_loss=stop,
+                          take_profit=target, broker=self.broker.name, position_id=order_id, reason="signal")
+        out.append(placed)
+        self.counters["orders_placed"] += 1
+        request = OrderRequest(order_id=order_id, symbol=symbol, side=side, units=units, stop_loss=stop,
+                               take_profit=target, position_id=order_id)
+        result = self.broker.submit(request, Quote(bid=tick.bid, ask=tick.ask, time=tick.timestamp))
+        if isinstance(result, BrokerRejection):
+            out.append(self._broker_refused(ctx, placed, result))
+            return out
+        self.counters["fills"] += 1
+        account.open(Position(
+            position_id=order_id, symbol=symbol, side=side, units=result.units, entry_price=result.price,
+            opened_at=ctx.now(), stop_loss=stop, take_profit=target, exit_at=self._exit_at(signal, ctx),
+            correlation_id=signal.correlation_id or signal.event_id, commission=result.commission,
+        ))
+        equity = account.mark(symbol, tick.bid, tick.ask)
+        out.append(ctx.emit(OrderExecuted, order_id=order_id, side=side, volume=result.units, price=result.price,
+                            commission=result.commission, slippage=result.slippage, position_id=order_id,
+                            broker=self.broker.name, causation_id=placed.event_id))
+        out += self._check_kill_switch(equity, signal, ctx) or ()
+        return out
+
+    def _exit_at(self, signal: SignalValidated, ctx: Context) -> datetime:
+        """The horizon deadline: ``exit_after_bars`` bars after the signal's bar closed (the
+        models' label compares that bar's close with the close ``horizon`` bars later)."""
+        try:
+            bar = timedelta(milliseconds=timeframe_ms(signal.timeframe or DEFAULT_TIMEFRAME))
+        except ValueError:
+            bar = timedelta(milliseconds=timeframe_ms(DEFAULT_TIMEFRAME))
+        bars = self.settings.exit_after_bars or self.horizon_bars
+        if signal.bar_time is None:
+            return ctx.now() + bar * bars
+        return signal.bar_time + bar * (bars + 1)
+
+    def _refuse(self, ctx: Context, order_id: str, reason: str) -> list[Event]:
+        self.counters["rejected_by_risk"] += 1
+        return [ctx.emit(OrderRejected, order_id=order_id, reason="risk: " + reason)]
+
+    def _broker_refused(self, ctx: Context, placed: OrderPlaced, rejection: BrokerRejection) -> OrderRejected:
+        self.counters["rejected_by_broker"] += 1
+        return ctx.emit(OrderRejected, order_id=placed.order_id, reason="broker: " + rejection.reason,
+                        symbol=placed.symbol, correlation_id=placed.correlation_id, causation_id=placed.event_id)
+
+    # -- closing --------------------------------------------------------------------------
+    def _close(self, position: Position, reason: str, cause: Event, ctx: Context) -> list[Event]:
+        """Close ``position`` at the last quote of its symbol with a market order."""
+        symbol, position_id = position.symbol, position.position_id
+        tick = self.quotes[symbol]
+        side = OPPOSITE[position.side]
+        order_id = order_id_for(cause.event_id.bytes, position_id.encode())
+        placed = ctx.emit(OrderPlaced, order_id=order_id, side=side, volume=position.units,
+                          price=tick.bid if side == "SELL" else tick.ask, broker=self.broker.name,
+                          position_id=position_id, reason=reason, symbol=symbol,
+                          correlation_id=position.correlation_id)
+        self.counters["orders_placed"] += 1
+        request = OrderRequest(order_id=order_id, symbol=symbol, side=side, units=position.units,
+                               position_id=position_id, closes=True)
+        result = self.broker.submit(request, Quote(bid=tick.bid, ask=tick.ask, time=tick.timestamp))
+        if isinstance(result, BrokerRejection):
+            return [placed, self._broker_refused(ctx, placed, result)]
+        self.counters["fills"] += 1
+        units = min(result.units, position.units)
+        executed = ctx.emit(OrderExecuted, order_id=order_id, side=side, volume=units, price=result.price,
+                            commission=result.commission, slippage=result.slippage, position_id=position_id,
+                            broker=self.broker.name, symbol=symbol, correlation_id=position.correlation_id,
+                            causation_id=placed.event_id)
+        pnl = self.account.close(position_id, units, result.price, result.commission)
+        self.counters["positions_closed"] += 1
+        closed = ctx.emit(PositionClosed, position_id=position_id, side=position.side, volume=units,
+                          entry_price=position.entry_price, exit_price=result.price, pnl=pnl, reason=reason,
+                          order_id=order_id, opened_at=position.opened_at, symbol=symbol,
+                          correlation_id=position.correlation_id, causation_id=executed.event_id)
+        return [placed, executed, closed]
+
+    # -- commands and configuration -------------------------------------------------------
+    def _on_command(self, command: TradingCommand, ctx: Context) -> list[Event]:
+        account = self.account
+        if command.command == "halt":
+            self.halted = f"manual halt: {command.reason}" if command.reason else "manual halt"
+            return [self._state_changed(ctx, "HALTED", self.halted)]
+        if command.command == "resume":
+            self.halted = None
+            account.reset_peak()
+            reason = f"manual resume: {command.reason}" if command.reason else "manual resume"
+            return [self._state_changed(ctx, "ACTIVE", reason)]
+        if command.command == "cancel":
+            if self.broker.cancel(command.order_id):
+                self.counters["orders_cancelled"] += 1
+                return [ctx.emit(OrderCancelled, order_id=command.order_id, reason=command.reason)]
+            self.counters["unmatched_commands"] += 1
+            return []
+        position = account.positions.get(command.order_id)  # flatten
+        if position is None:
+            self.counters["unmatched_commands"] += 1
+            return []
+        account.roll_day(ctx.now())
+        return self._close(position, "compensation", command, ctx)
+
+    def _state_changed(self, ctx: Context, state: str, reason: str) -> TradingStateChanged:
+        return ctx.emit(TradingStateChanged, state=state, reason=reason, equity=self.account.equity,
+                        drawdown=self.account.drawdown)
+
+    def _on_configuration(self, update: ConfigurationUpdated, ctx: Context) -> list[Event]:
+        try:
+            settings = apply_changes(self.settings, "trading", update.changes)
+        except ConfigError as exc:
+            return [ctx.emit(AlertRaised, rule="configuration", severity="warning", message=str(exc))]
+        self.settings = settings
+        if self._paper_from_settings:
+            self.broker = self._paper_broker(settings)
+        return []
+
+    # -- state ----------------------------------------------------------------------------
+    def summary(self) -> dict[str, float]:
+        """Counters for the run summary."""
+        return {**self.counters, "realized_pnl": self.account.realized_pnl,
+                "max_drawdown": self.max_drawdown_seen, "equity": self.account.equity}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings.model_dump(mode="json"),
+            "account": self.account.snapshot(),
+            "quotes": {symbol: msgspec.to_builtins(tick) for symbol, tick in self.quotes.items()},
+            "halted": self.halted,
+            "counters": dict(self.counters),
+            "max_drawdown_seen": self.max_drawdown_seen,
+            "broker": self.broker.snapshot(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.settings = TradingSettings.model_validate(state["settings"])
+        if self._paper_from_settings:
+            self.broker = self._paper_broker(self.settings)
+        self.account = Account.from_snapshot(state["account"])
+        self.quotes = {symbol: msgspec.convert(tick, TickData) for symbol, tick in state["quotes"].items()}
+        self.halted = state["halted"]
+        self.counters = {**dict.fromkeys(COUNTERS, 0), **state["counters"]}
+        self.max_drawdown_seen = state["max_drawdown_seen"]
+        self.broker.restore(state["broker"])
+
+
+__all__ = ["TradingEngine", "order_id_for"]
