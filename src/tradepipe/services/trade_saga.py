@@ -1,0 +1,209 @@
+"""Trade saga (R3.4): the trading workflow of one bar, from its features to its fill, keyed by
+correlationId, with a timeout per step and compensations run in reverse order.
+
+The bar's FeaturesCalculated of the models' timeframe start a saga (once per correlationId,
+although three feature groups arrive); then, on the :mod:`tradepipe.runtime.saga` engine:
+
+1. ``signal``: TradingSignalGenerated of that timeframe; timeout ``signal_timeout_s``.
+2. ``validation``: SignalValidated; SignalRejected ends it REJECTED (reason: the failing
+   rules); timeout ``validation_timeout_s``.
+3. ``order``: the OrderPlaced that opens the position (``reason == "signal"``), whose orderId
+   the saga keeps; an OrderRejected here is a risk refusal before any order was placed:
+   REJECTED; timeout ``order_timeout_s``. Compensation: cancel the order.
+4. ``fill``: OrderExecuted of that order -> COMPLETED; OrderRejected of that order (the broker
+   refused it after placement) -> FAILED; timeout ``fill_timeout_s`` -> TIMED_OUT.
+   Compensation: flatten the position the order opened.
+
+Only events of the saga's correlationId count, and order steps only count the saga's own
+order: an exit of an older position carries that position's opening correlationId, and a
+reversal close placed while handling this bar's signal shares this correlationId but has
+``reason == "reversal"`` and its own orderId, so neither moves the saga.
+
+Each end emits, in this order, the compensation TradingCommands (topic system-events, last
+completed step first) and one SagaCompleted (the completed steps, the failed one, the reason,
+the compensations as text such as ``"cancel ord-..."``, the orderId), both with the saga's
+correlationId and, as causationId, the event that ended it (for a timeout, the last event the
+saga accepted). A fill of the saga's opening order arriving after the saga ended without
+completing (it had timed out or failed and compensated) is flattened: a TradingCommand
+``flatten`` with reason ``"late fill after saga timed out"``.
+
+Timeouts are in event time (``ctx.now()``): checked on every event handled and in
+``on_timer`` (live), so a backtest's sagas end at the same events on every replay.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Literal
+
+import msgspec
+
+from tradepipe.config import SagaSettings
+from tradepipe.events import Event
+from tradepipe.events.types import (
+    FEATURES,
+    ORDERS,
+    SIGNALS,
+    VALIDATED,
+    FeaturesCalculated,
+    OrderExecuted,
+    OrderPlaced,
+    OrderRejected,
+    SagaCompleted,
+    SignalRejected,
+    SignalValidated,
+    TradingCommand,
+    TradingSignalGenerated,
+)
+from tradepipe.runtime.saga import DONE_MEMORY, LateCommand, Outcome, SagaDefinition, SagaEnded, SagaEngine, Step
+from tradepipe.runtime.service import Context, Service
+
+ENDED_AS = {"COMPLETED": "completed", "TIMED_OUT": "timed out", "FAILED": "failed", "REJECTED": "was rejected"}
+
+
+class TradeState(msgspec.Struct, frozen=True, kw_only=True):
+    """What one trade saga remembers: its symbol, and its order once placed."""
+
+    symbol: str = ""
+    order_id: str = ""
+
+
+class OrderCommand(msgspec.Struct, frozen=True):
+    """A compensation: cancel the saga's order, or flatten the position it opened."""
+
+    command: Literal["cancel", "flatten"]
+    order_id: str
+
+    def __str__(self) -> str:
+        return f"{self.command} {self.order_id}"
+
+
+def trade_saga_definition(settings: SagaSettings, timeframe: str) -> SagaDefinition[TradeState, OrderCommand]:
+    def of_timeframe(state: TradeState, event: Event) -> bool:
+        return event.timeframe == timeframe
+
+    def own_order(state: TradeState, event: Event) -> bool:
+        return event.order_id == state.order_id
+
+    return SagaDefinition("trade", (
+        Step(name="signal", completes=(TradingSignalGenerated,), concerns=of_timeframe,
+             timeout=timedelta(seconds=settings.signal_timeout_s)),
+        Step(name="validation", completes=(SignalValidated,), fails=(SignalRejected,), rejects=True,
+             fail_reason=_failing_rules, concerns=of_timeframe,
+             timeout=timedelta(seconds=settings.validation_timeout_s)),
+        Step(name="order", completes=(OrderPlaced,), fails=(OrderRejected,), rejects=True,
+             fail_reason=_refusal, concerns=_opening_order, record=_keep_order,
+             compensation=_cancel, timeout=timedelta(seconds=settings.order_timeout_s)),
+        Step(name="fill", completes=(OrderExecuted,), fails=(OrderRejected,),
+             fail_reason=_broker_rejection, concerns=own_order, compensation=_flatten, late=_late_fill,
+             timeout=timedelta(seconds=settings.fill_timeout_s)),
+    ), TradeState)
+
+
+def _failing_rules(event: SignalRejected) -> str:
+    failing = [v.rule for v in event.verdicts if not v.passed]
+    if failing:
+        return "failed rules: " + ", ".join(failing)
+    return f"{event.direction} signal rejected" + (": nothing to trade" if event.direction == "HOLD" else "")
+
+
+def _opening_order(state: TradeState, event: OrderPlaced | OrderRejected) -> bool:
+    # a risk refusal has no OrderPlaced to compare with: any refusal of the correlation counts
+    return type(event) is OrderRejected or event.reason == "signal"
+
+
+def _keep_order(state: TradeState, event: OrderPlaced) -> TradeState:
+    return msgspec.structs.replace(state, order_id=event.order_id)
+
+
+def _refusal(event: OrderRejected) -> str:
+    return f"order refused: {event.reason}"
+
+
+def _broker_rejection(event: OrderRejected) -> str:
+    return f"order {event.order_id} rejected after placement: {event.reason}"
+
+
+def _cancel(state: TradeState) -> OrderCommand:
+    return OrderCommand("cancel", state.order_id)
+
+
+def _flatten(state: TradeState) -> OrderCommand:
+    return OrderCommand("flatten", state.order_id)
+
+
+def _late_fill(state: TradeState, outcome: Outcome, event: Event) -> OrderCommand | None:
+    """A fill of the saga's opening order after it ended: the position must not stay. A saga
+    that ended before its order step only knows the order as the one opening a position."""
+    if type(event) is not OrderExecuted:
+        return None
+    own = event.order_id == state.order_id if state.order_id else event.position_id == event.order_id
+    return OrderCommand("flatten", event.order_id) if own else None
+
+
+class TradeSaga(Service):
+    name = "trade-saga"
+    port = None
+    inputs = (FEATURES, SIGNALS, VALIDATED, ORDERS)
+
+    def __init__(self, settings: SagaSettings | None = None, *, timeframe: str = "1m",
+                 done_memory: int = DONE_MEMORY) -> None:
+        self.timeframe = timeframe
+        self.sagas: SagaEngine[uuid.UUID, TradeState, OrderCommand] = SagaEngine(
+            trade_saga_definition(settings or SagaSettings(), timeframe), done_memory=done_memory)
+        self._moves_sagas = self.sagas.definition.event_types
+        # counters (not state)
+        self.outcomes: Counter[str] = Counter()
+        self.late_commands = 0
+
+    def handle(self, event: Event, ctx: Context) -> list[Event]:
+        now = ctx.now()
+        out = self._expire(now, ctx) if self.sagas.running else []
+        kind = type(event)
+        key = event.correlation_id or event.event_id
+        if kind is FeaturesCalculated:
+            if event.timeframe == self.timeframe:
+                self.sagas.start(key, TradeState(symbol=event.symbol or ""), now, event.event_id)
+        elif kind in self._moves_sagas:
+            result = self.sagas.handle(key, event, now)
+            if isinstance(result, SagaEnded):
+                out.extend(self._report(result, ctx))
+            elif isinstance(result, LateCommand):
+                self.late_commands += 1
+                out.append(ctx.emit(TradingCommand, command=result.command.command, order_id=result.command.order_id,
+                                    reason=f"late {result.step} after saga {ENDED_AS[result.outcome]}",
+                                    correlation_id=result.key))
+        return out
+
+    def on_timer(self, ctx: Context) -> list[Event]:
+        return self._expire(ctx.now(), ctx)
+
+    def _expire(self, now: datetime, ctx: Context) -> list[Event]:
+        return [e for ended in self.sagas.expire(now) for e in self._report(ended, ctx)]
+
+    def _report(self, ended: SagaEnded[uuid.UUID, TradeState, OrderCommand], ctx: Context) -> list[Event]:
+        """The compensation commands, then the SagaCompleted."""
+        self.outcomes[ended.outcome] += 1
+        envelope = {"correlation_id": ended.key, "causation_id": ended.cause, "symbol": ended.state.symbol or None}
+        why = f"saga compensation: {ended.failed_step} {ENDED_AS[ended.outcome]} ({ended.reason})"
+        out: list[Event] = [
+            ctx.emit(TradingCommand, command=c.command.command, order_id=c.command.order_id, reason=why, **envelope)
+            for c in ended.compensations
+        ]
+        out.append(ctx.emit(
+            SagaCompleted, outcome=ended.outcome, steps=list(ended.steps), failed_step=ended.failed_step,
+            reason=ended.reason, compensations=[str(c.command) for c in ended.compensations],
+            order_id=ended.state.order_id, **envelope))
+        return out
+
+    # -- state ----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, list]:
+        return self.sagas.snapshot()
+
+    def restore(self, state: dict[str, list]) -> None:
+        self.sagas.restore(state)
+
+
+__all__ = ["OrderCommand", "TradeSaga", "TradeState", "trade_saga_definition"]
