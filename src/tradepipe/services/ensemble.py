@@ -15,9 +15,10 @@ predictions, smoothed with ``prior_weight`` pseudo-observations at its validatio
     weight = (hits + prior_weight * accuracy) / (resolved + prior_weight)
 
 A prediction is resolved once a prediction of a later bar of the same (symbol, timeframe)
-arrives whose bar is at least the horizon (``timeHorizon``) later: the realized direction is
-that of ``price_now / price_then - 1`` with the dead band (``dead_band``, in return units, as
-the labels of training), and a hit is a predicted direction equal to it. Fallback predictions
+arrives whose bar is at least the horizon (``timeHorizon``) later, by the rule of
+:mod:`tradepipe.models.scoring` (shared with training's labels and the performance
+analytics): the realized direction is that of ``price_now / price_then - 1`` with the dead
+band (``dead_band``, in return units), and a hit is a predicted direction equal to it. Fallback predictions
 are not scored (the model did not make them); they contribute with the weight of their
 service's model and are marked ``fallback`` in their Contribution, whose ``model`` names what
 answered: the model (its last good answer) or ``"TrendRule"``.
@@ -44,15 +45,12 @@ import msgspec
 from tradepipe.config import EnsembleSettings
 from tradepipe.events import PREDICTIONS, Event
 from tradepipe.events.types import Contribution, PredictionGenerated, TradingSignalGenerated
-from tradepipe.models.dataset import direction
-from tradepipe.models.learners import CLASSES
+from tradepipe.models.scoring import Awaiting, HorizonScorer, horizon_ms
 from tradepipe.runtime.service import Context, Service
-from tradepipe.sources.files import timeframe_ms
 
 DIRECTIONS = ("BUY", "SELL", "HOLD")
 UNKNOWN_ACCURACY = 1.0 / 3.0
 DONE_MEMORY = 1024  # combined groups remembered, to ignore their late predictions
-MAX_AWAITING = 4096  # predictions awaiting their horizon per (symbol, timeframe, horizon)
 
 
 class HitWindow:
@@ -75,15 +73,6 @@ class HitWindow:
 
     def __len__(self) -> int:
         return len(self.outcomes)
-
-
-class _Awaiting(msgspec.Struct, array_like=True):
-    """A prediction waiting for its horizon to pass."""
-
-    bar_time: datetime
-    price: float
-    model: str
-    direction: str
 
 
 class _Group:
@@ -117,9 +106,7 @@ class EnsembleCoordinator(Service):
         self.hit_rates: dict[str, HitWindow] = {}  # model name -> outcomes
         self.accuracy: dict[str, float] = {}  # model name -> validation accuracy (the prior)
         self.model_of: dict[str, str] = {}  # producer -> the model it last answered with
-        #: predictions awaiting their horizon: (symbol, timeframe) -> horizon ms -> oldest first
-        self.awaiting: dict[tuple[str, str], dict[int, deque[_Awaiting]]] = {}
-        self._horizons: dict[str, int | None] = {}
+        self.scorer = HorizonScorer(dead_band)  # predictions awaiting their horizon
         # counters (not state)
         self.signals = 0
         self.partial_signals = 0
@@ -157,50 +144,32 @@ class EnsembleCoordinator(Service):
         return [self._combine(key, self.groups.pop(key), ctx) for key in due]
 
     # -- scoring --------------------------------------------------------------------------
+    @property
+    def awaiting(self) -> dict[tuple[str, str], dict[int, deque[Awaiting]]]:
+        """Predictions awaiting their horizon: (symbol, timeframe) -> horizon ms -> oldest first."""
+        return self.scorer.awaiting
+
     def _score(self, event: PredictionGenerated, producer: str) -> None:
         """Resolve the predictions of this (symbol, timeframe) whose horizon has passed at
         this event's bar, then queue this one (if it is the model's own)."""
         bar_time, price = event.bar_time, event.price
         if bar_time is None or price is None or not price > 0:
             return
-        series = (event.symbol or "", event.timeframe)
-        awaiting = self.awaiting.get(series)
-        if awaiting is None:
-            awaiting = self.awaiting[series] = {}
-        for horizon_ms, queue in awaiting.items():
-            horizon = timedelta(milliseconds=horizon_ms)
-            while queue and queue[0].bar_time + horizon <= bar_time:
-                then = queue.popleft()
-                realized = CLASSES[int(direction(price / then.price - 1.0, self.dead_band))]  # training's label rule
-                window = self.hit_rates.get(then.model)
-                if window is None:
-                    window = self.hit_rates[then.model] = HitWindow(self.hit_window)
-                window.add(1 if realized == then.direction else 0)
+        symbol = event.symbol or ""
+        for then, realized in self.scorer.resolve(symbol, event.timeframe, bar_time, price):
+            window = self.hit_rates.get(then.model)
+            if window is None:
+                window = self.hit_rates[then.model] = HitWindow(self.hit_window)
+            window.add(1 if realized == then.direction else 0)
         if event.fallback:
             return
         model = event.model
         self.model_of[producer] = model.name
         self.accuracy[model.name] = model.accuracy if model.accuracy is not None else UNKNOWN_ACCURACY
-        horizon_ms = self._horizon_ms(event.prediction.time_horizon)
-        if horizon_ms is None:
-            return
-        queue = awaiting.get(horizon_ms)
-        if queue is None:
-            queue = awaiting[horizon_ms] = deque(maxlen=MAX_AWAITING)
-        for queued in reversed(queue):
-            if queued.bar_time != bar_time:
-                break
-            if queued.model == model.name:
-                return  # the same model's prediction of the same bar, seen again
-        queue.append(_Awaiting(bar_time, price, model.name, event.prediction.direction))
-
-    def _horizon_ms(self, text: str) -> int | None:
-        if text not in self._horizons:
-            try:
-                self._horizons[text] = timeframe_ms(text)
-            except ValueError:
-                self._horizons[text] = None  # no horizon: cannot be scored
-        return self._horizons[text]
+        horizon = horizon_ms(event.prediction.time_horizon)
+        if horizon is not None:
+            self.scorer.expect(symbol, event.timeframe, horizon,
+                               Awaiting(bar_time, price, model.name, event.prediction.direction))
 
     def weight(self, model: str, accuracy: float | None = None) -> float:
         """``model``'s current weight: its smoothed rolling hit rate (``accuracy`` is the prior
@@ -278,8 +247,7 @@ class EnsembleCoordinator(Service):
             "hit_rates": {m: list(w.outcomes) for m, w in self.hit_rates.items()},
             "accuracy": dict(self.accuracy),
             "model_of": dict(self.model_of),
-            "awaiting": [[s, tf, h, msgspec.to_builtins(list(q))]
-                         for (s, tf), queues in self.awaiting.items() for h, q in queues.items()],
+            "awaiting": self.scorer.snapshot(),
             "groups": [msgspec.to_builtins(list(g.predictions.values())) for g in self.groups.values()],
             "done": [[str(c), tf] for c, tf in self._done],
         }
@@ -290,10 +258,7 @@ class EnsembleCoordinator(Service):
         self.hit_rates = {m: HitWindow(self.hit_window, o) for m, o in state["hit_rates"].items()}
         self.accuracy = dict(state["accuracy"])
         self.model_of = dict(state["model_of"])
-        self.awaiting = {}
-        for s, tf, h, items in state["awaiting"]:
-            queues = self.awaiting.setdefault((s, tf), {})
-            queues[int(h)] = deque(msgspec.convert(items, list[_Awaiting]), maxlen=MAX_AWAITING)
+        self.scorer.restore(state["awaiting"])
         self.groups = {}
         for predictions in state["groups"]:
             for p in msgspec.convert(predictions, list[PredictionGenerated]):
