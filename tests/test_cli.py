@@ -10,6 +10,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from tradepipe.bus import open_bus
 from tradepipe.cli import app
 from tradepipe.sources import sample_paths
 
@@ -51,17 +52,19 @@ def small_ticks(workdir):
     return path
 
 
-def test_run_on_the_shipped_sample_writes_the_summary(workdir):
+def test_run_on_the_shipped_sample_writes_the_summary(workdir, monkeypatch):
+    import tradepipe.cli
+
+    monkeypatch.setattr(tradepipe.cli.out, "width", 200)  # a wide terminal: explain's tables unclipped
     result = invoke("run", "--summary-json", "summary.json")
     assert result.exit_code == 0, result.output
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["ticks_in"] == sum(summary["symbols"].values()) > 100_000
     assert set(summary["symbols"]) == {"EURUSD", "NZDUSD"}
     assert summary["market_data_events"] == summary["ticks_in"] - summary["ticks_rejected"]
-    assert summary["events_written"] == (
-        summary["market_data_events"] + summary["bars"] + summary["features_events"] + summary["dead_letters"]
-        + summary["predictions"] + summary["signals"] + summary["breaker_transitions"]
-    )
+    bus = open_bus("sqlite:///tradepipe.db", create=False)
+    assert summary["events_written"] == sum(sum(bus.end_offsets(t).values()) for t in bus.topics())
+    bus.close()
     assert summary["features_events"] == 3 * summary["bars"] > 0  # one per feature service per bar
     assert summary["wall_s"] > 0 and summary["ticks_per_s"] > 0
     assert (workdir / "tradepipe.db").exists()
@@ -77,8 +80,46 @@ def test_run_on_the_shipped_sample_writes_the_summary(workdir):
     assert len(signals) == summary["signals"]
     assert {c["producer"] for c in signals[-1]["contributors"]} == {"ml-xgboost", "ml-lightgbm", "ml-lstm"}
 
+    # ... and went on to orders: validated signals, paper fills, closed positions, a report
+    assert summary["signals"] == summary["validated"] + summary["rejected"]
+    assert 0 < summary["orders"] and 0 < summary["fills"] <= summary["orders"] and summary["positions_closed"] > 0
+    assert summary["latency_samples"] > 0 and 0 < summary["latency_p50_ms"] <= summary["latency_p99_ms"]
+    assert summary["sagas"]["COMPLETED"] > 0 and sum(summary["sagas"].values()) == summary["signals"]
+    assert "In-sample" in result.output
+    report = workdir / "reports" / "latest"
+    assert summary["report"] == "reports/latest/report.html"
+    assert (report / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "In-sample" in (report / "report.html").read_text()
+    report_summary = json.loads((report / "summary.json").read_text())["summary"]
+    assert report_summary["realized_pnl"] == pytest.approx(summary["realized_pnl"], abs=1e-3)
+    assert (report / "notifications.log").read_text().count("\n") >= summary["fills"]
+
+    # the audit trail explains a filled order from its tick to its exit, and is intact
+    fills = [json.loads(line) for line in invoke("replay", "--topic", "order-events").stdout.splitlines()]
+    closed = next(e for e in fills if e["type"] == "PositionClosed")
+    explained = invoke("audit", "explain", closed["positionId"])
+    assert explained.exit_code == 0, explained.output
+    text = " ".join(explained.output.split())
+    for piece in ("ml-xgboost", "ml-lightgbm", "ml-lstm", "confidence_floor", "spread_ceiling", "model_agreement",
+                  "technical-analysis", "market-microstructure", "feature-engineering", closed["positionId"]):
+        assert piece in text, piece
+    assert invoke("audit", "explain", "ord-nope").exit_code == 2
+    verified = invoke("audit", "verify")
+    assert verified.exit_code == 0 and "audit log intact" in verified.output
+
     again = invoke("run")
     assert again.exit_code == 2 and "already holds" in again.output and "--fresh" in again.output
+
+    # backtest never tests models on the data they were trained on, unless told to (and says so)
+    refused = invoke("backtest", "--data", str(sample_paths()[0]), "--bus", "sqlite:///bt.db", "--audit", "bt.db.audit")
+    assert refused.exit_code == 2 and "trained on this data" in " ".join(refused.output.split())
+    allowed = invoke("backtest", "--data", str(sample_paths()[0]), "--bus", "sqlite:///bt.db", "--audit", "bt-audit.db",
+                     "--allow-in-sample", "--from", "2014-05-06T00:00:00", "--to", "2014-05-06T06:00:00",
+                     "--report", "bt", "--summary-json", "bt.json")
+    assert allowed.exit_code == 0, allowed.output
+    backtested = json.loads((workdir / "bt.json").read_text())
+    assert 0 < backtested["ticks_in"] < summary["symbols"]["EURUSD"] and set(backtested["symbols"]) == {"EURUSD"}
+    assert "In-sample (--allow-in-sample)" in (workdir / "bt" / "report.html").read_text()
 
 
 def test_too_little_data_to_train_first_models_runs_without_the_model_stage(workdir, small_ticks):

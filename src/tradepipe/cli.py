@@ -52,7 +52,13 @@ def open_or_exit(url: str, *, create: bool) -> Bus:
         raise fail(str(exc)) from None
 
 
-# --- run ---------------------------------------------------------------------------------------
+# --- run and backtest ---------------------------------------------------------------------------
+
+ReportOption = Annotated[Optional[Path], typer.Option("--report", help="Report directory (default: analytics.report_dir).")]
+AuditOption = Annotated[Optional[Path], typer.Option("--audit", help="Audit trail log (default: audit.path).")]
+SummaryOption = Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary to this JSON file.")]
+FreshOption = Annotated[bool, typer.Option("--fresh", help="Delete an existing SQLite bus file and audit log first.")]
+
 
 @app.command()
 def run(
@@ -60,58 +66,199 @@ def run(
     symbol: Annotated[Optional[str], typer.Option("--symbol", help="Symbol of the data (default: from each file name).")] = None,
     bus: BusOption = None,
     config: ConfigOption = None,
-    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary to this JSON file.")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Delete an existing SQLite bus file first.")] = False,
+    summary_json: SummaryOption = None,
+    fresh: FreshOption = False,
     append: Annotated[bool, typer.Option("--append", help="Add to a bus that already holds market data.")] = False,
     registry: Annotated[Optional[Path], typer.Option("--registry", help="Model registry directory (default: models.registry, ./models).")] = None,
-    no_models: Annotated[bool, typer.Option("--no-models", help="Stop at the features: no model services, no ensemble.")] = False,
+    no_models: Annotated[bool, typer.Option("--no-models", help="Stop at the features: no models, no trading.")] = False,
+    report: ReportOption = None,
+    audit: AuditOption = None,
 ) -> None:
-    """Replay recorded ticks or bars (CSV or Parquet) through the data bridge, bars, the three
-    feature services, the model services and the ensemble into the bus, and print a summary.
-    With an empty model registry, small models are trained on the data first."""
-    from tradepipe.models.registry import ModelLoadError, ModelRegistry
-    from tradepipe.pipeline import RunRequest, run_pipeline
+    """The whole pipeline on recorded ticks or bars (default: the shipped sample): data bridge,
+    bars, features, models, ensemble, validator, paper trading, saga, audit trail, analytics;
+    every event on the bus, then a summary and an HTML report. With an empty model registry,
+    small models are trained on the data first (so the run is in-sample: a demonstration)."""
+    from tradepipe.models.registry import ModelRegistry
     from tradepipe.sources import sample_paths
 
     settings = settings_or_exit(config, bus, models={"registry": str(registry) if registry is not None else None})
-    paths = list(data) if data else sample_paths()
+    paths = _existing(list(data) if data else sample_paths())
+    notes = []
+    models = None
+    if not no_models:
+        models = ModelRegistry(settings.models.registry)
+        if models.is_empty():
+            if _train_small_models(paths, symbol, settings):
+                notes.append("In-sample: the models were trained on this very data before the run, so these "
+                             "figures show the pipeline working, not an edge. Use `tradepipe backtest` on other data.")
+            else:
+                models = None
+    _execute(settings, paths, symbol=symbol, strategy="features" if models is None else "models", registry=models,
+             report=report, audit=audit, summary_json=summary_json, fresh=fresh, append=append, notes=notes,
+             title="tradepipe run")
+
+
+@app.command()
+def backtest(
+    data: Annotated[list[Path], typer.Option("--data", help="Tick or bar files (CSV, .gz, Parquet); repeat for more.")],
+    symbol: Annotated[Optional[str], typer.Option("--symbol", help="Symbol of the data (default: from each file name).")] = None,
+    from_time: Annotated[Optional[datetime], typer.Option("--from", help="Skip data before this ISO time (UTC if no zone).")] = None,
+    to_time: Annotated[Optional[datetime], typer.Option("--to", help="Skip data from this ISO time on.")] = None,
+    registry: Annotated[Optional[Path], typer.Option("--registry", help="Model registry directory (default: models.registry).")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="models (the pipeline) or ema-cross (EMA 10/20 on 1m bars instead of features and models).")] = "models",
+    bus: BusOption = None,
+    config: ConfigOption = None,
+    report: ReportOption = None,
+    audit: AuditOption = None,
+    summary_json: SummaryOption = None,
+    fresh: FreshOption = False,
+    allow_in_sample: Annotated[bool, typer.Option("--allow-in-sample", help="Run even on data the models were trained on (the report says so).")] = False,
+) -> None:
+    """The whole pipeline on any recorded data with models from the registry. It never trains:
+    models must exist (`tradepipe train`), and data they were trained on is refused unless
+    --allow-in-sample, because a backtest on it measures memory, not skill."""
+    from tradepipe.models.registry import ModelRegistry
+    from tradepipe.pipeline import in_sample_files
+
+    if strategy not in ("models", "ema-cross"):
+        raise fail(f"--strategy must be models or ema-cross, not {strategy!r}")
+    start, end = (None if t is None else (t if t.tzinfo else t.replace(tzinfo=timezone.utc)) for t in (from_time, to_time))
+    if start is not None and end is not None and start >= end:
+        raise fail(f"--from ({start.isoformat()}) must be before --to ({end.isoformat()})")
+    settings = settings_or_exit(config, bus, models={"registry": str(registry) if registry is not None else None})
+    paths = _existing(data)
+    notes = []
+    models = None
+    if strategy == "models":
+        models = ModelRegistry(settings.models.registry)
+        if models.is_empty():
+            raise fail(f"no models in {settings.models.registry}: backtest never trains on the data it tests; "
+                       "train first (`tradepipe train --data OTHER_DATA`) or pass --registry")
+        cards = _cards_or_exit(models, settings)
+        overlap = in_sample_files(cards, paths) + _window_overlap(cards, start, end)
+        if overlap and not allow_in_sample:
+            raise fail("the models were trained on this data: " + "; ".join(overlap)
+                       + ". Backtest on other data, or pass --allow-in-sample to run anyway (the report will say so)")
+        if overlap:
+            notes.append("In-sample (--allow-in-sample): the models were trained on " + "; ".join(overlap)
+                         + ". These figures measure memory, not skill.")
+    _execute(settings, paths, symbol=symbol, strategy=strategy, registry=models, start=start, end=end,
+             report=report, audit=audit, summary_json=summary_json, fresh=fresh, append=False, notes=notes,
+             title=f"tradepipe backtest ({strategy})")
+
+
+def _existing(paths: list[Path]) -> list[Path]:
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         raise fail(f"no such data file: {', '.join(missing)}")
+    return paths
+
+
+def _cards_or_exit(registry, settings: Settings) -> list:
+    from tradepipe.models.registry import ModelLoadError
+
+    try:
+        return [registry.card(*registry.resolve(kind, settings.models.version)) for kind in settings.models.kinds]
+    except ModelLoadError as exc:
+        raise fail(f"{exc}; retrain with `tradepipe train`") from None
+
+
+def _window_overlap(cards: list, start: datetime | None, end: datetime | None) -> list[str]:
+    """The models whose training window overlaps an explicit --from/--to range."""
+    if start is None and end is None:
+        return []
+    return [f"{c.name}'s training window {c.training_window.start:%Y-%m-%d %H:%M} .. {c.training_window.end:%Y-%m-%d %H:%M}"
+            for c in cards if (start is None or c.training_window.end >= start)
+            and (end is None or c.training_window.start < end)]
+
+
+def _execute(settings: Settings, paths: list[Path], *, symbol, strategy, registry, report, audit, summary_json,
+             fresh, append, notes, title, start=None, end=None) -> None:
+    """Run the pipeline into the bus, write the report, print the summary (run and backtest)."""
+    from tradepipe.events.types import MARKET_DATA
+    from tradepipe.models.registry import ModelLoadError
+    from tradepipe.pipeline import RunRequest, run_pipeline
+    from tradepipe.read.audit_log import AuditLogError
+    from tradepipe.trading.report import report_from_bus
+
+    report_dir = Path(report or settings.analytics.report_dir)
+    audit_path = Path(audit or settings.audit.path)
     if fresh:
         _delete_bus_file(settings.bus.url)
+        _delete_audit_log(audit_path)
     bus_obj = open_or_exit(settings.bus.url, create=True)
     try:
-        from tradepipe.events.types import MARKET_DATA
-
         held = sum(bus_obj.end_offsets(MARKET_DATA).values()) if MARKET_DATA in bus_obj.topics() else 0
         if held and not append:
             raise fail(
                 f"{settings.bus.url} already holds {held:,} market-data events from an earlier run; "
-                "pass --fresh to start a new file or --append to add to it"
+                "pass --fresh to start a new file" + ("" if title.startswith("tradepipe backtest") else " or --append to add to it")
             )
-        models = None if no_models else ModelRegistry(settings.models.registry)
-        if models is not None and models.is_empty() and not _train_small_models(paths, symbol, settings):
-            models = None
+        if audit_path.exists() and not append:
+            raise fail(f"the audit log {audit_path} is from an earlier run; pass --fresh to start a new one")
         total = sum(_count_rows(p) for p in paths)
+        notifications = _log_notifications(report_dir)
         with _progress() as progress:
-            stages = "ticks -> bars -> features" + ("" if models is None else " -> models -> signals")
+            stages = {"models": "ticks -> features -> models -> orders", "ema-cross": "ticks -> 1m bars -> EMA cross -> orders",
+                      "features": "ticks -> bars -> features"}[strategy]
             task = progress.add_task(stages, total=total)
             summary = run_pipeline(
-                RunRequest(paths=paths, symbol=symbol, settings=settings),
+                RunRequest(paths=paths, symbol=symbol, settings=settings, strategy=strategy, start=start, end=end,
+                           audit_path=None if strategy == "features" else audit_path),
                 bus_obj,
                 on_progress=lambda n: progress.advance(task, n),
-                registry=models,
+                registry=registry,
             )
+            if summary["strategy"] != "features":
+                report_task = progress.add_task("report", total=summary["events_written"])
+                summary["report"] = str(report_from_bus(bus_obj, report_dir, title=title, notes=notes, settings=settings,
+                                                        on_progress=lambda n: progress.advance(report_task, n)))
+                summary["audit_log"] = str(audit_path)
+                summary["notifications"] = str(notifications)
     except ModelLoadError as exc:
         raise fail(f"{exc}; retrain with `tradepipe train`, or run with --no-models") from None
-    except (OSError, ValueError, BusError) as exc:  # unreadable data, bus trouble: no traceback
+    except (OSError, ValueError, BusError, AuditLogError) as exc:  # unreadable data, bus trouble: no traceback
         raise fail(f"{type(exc).__name__}: {exc}") from None
     finally:
         bus_obj.close()
-    _print_summary(summary)
+    _print_summary(summary, title)
+    for note in notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
     if summary_json:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _log_notifications(report_dir: Path) -> Path:
+    """The notifier's messages (every fill, rejection, halt, alert) go to a file beside the
+    report, not the terminal: a run has thousands."""
+    import logging
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / "notifications.log"
+    logger = logging.getLogger("tradepipe.notifier")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return path
+
+
+def _delete_audit_log(path: Path) -> None:
+    """--fresh: remove an audit log, but only one that really is a tradepipe audit log."""
+    from tradepipe.read.audit_log import AuditLog, AuditLogError
+
+    if not path.exists():
+        return
+    try:
+        AuditLog(path, create=False).close()
+    except AuditLogError as exc:
+        raise fail(f"--fresh refused: {exc}") from None
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
 
 
 def _train_small_models(paths: list[Path], symbol: str | None, settings: Settings) -> bool:
@@ -194,10 +341,12 @@ def _delete_bus_file(url: str) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
-def _print_summary(summary: dict) -> None:
-    table = Table(title="tradepipe run", show_header=False, title_justify="left")
+def _print_summary(summary: dict, title: str = "tradepipe run") -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
     for key, value in summary.items():
-        if isinstance(value, dict):
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif isinstance(value, dict):
             value = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in value.items()) or "-"
         elif isinstance(value, float):
             value = f"{value:,.3f}" if value < 1000 else f"{value:,.0f}"
@@ -394,6 +543,121 @@ def _print_events(events, fmt: str, limit: int | None) -> None:
     if table is not None:
         out.print(table)
     sys.stdout.flush()
+
+
+# --- audit, report, trading ---------------------------------------------------------------------
+
+audit_app = typer.Typer(help="The audit trail: why an order was placed, and whether the log is intact.", no_args_is_help=True)
+trading_app = typer.Typer(help="Commands to the trading engine over the bus.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(trading_app, name="trading")
+
+
+def _open_audit_log(audit: Path | None, config: Path | None):
+    from tradepipe.read.audit_log import AuditLog, AuditLogError
+
+    path = Path(audit or settings_or_exit(config).audit.path)
+    try:
+        return AuditLog(path, create=False)
+    except AuditLogError as exc:
+        raise fail(str(exc)) from None
+
+
+@audit_app.command("explain")
+def audit_explain(
+    order_id: Annotated[str, typer.Argument(help="The order id (ord-...), as in OrderPlaced and the report.")],
+    audit: AuditOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """The tick, bar, features, each model's prediction, the ensemble weights, every rule verdict
+    and the fill behind an order, and its exit."""
+    from tradepipe.read.audit_log import UnknownOrderError, render_explanation
+
+    log = _open_audit_log(audit, config)
+    try:
+        out.print(render_explanation(log.explain(order_id)))
+    except UnknownOrderError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        log.close()
+
+
+@audit_app.command("verify")
+def audit_verify(audit: AuditOption = None, config: ConfigOption = None) -> None:
+    """Recompute the hash chain; report the first tampered record (exit 1) if any."""
+    log = _open_audit_log(audit, config)
+    try:
+        result = log.verify()
+    finally:
+        log.close()
+    if result.tampered is not None:
+        t = result.tampered
+        err.print(f"[bold red]tampered:[/] record {t.seq} (order {t.order_id}): {t.problem}: {t.detail}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"audit log intact: {result.records:,} records, {result.chain_events:,} chain events; head {result.head}")
+
+
+@app.command()
+def report(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.html, equity.png and summary.json.")],
+    bus: BusOption = None,
+    config: ConfigOption = None,
+    title: Annotated[str, typer.Option("--title", help="The report's title.")] = "tradepipe run",
+    note: Annotated[Optional[list[str]], typer.Option("--note", help="A note shown at the top (repeatable).")] = None,
+) -> None:
+    """The performance report of the run recorded on a bus: equity and drawdown, price with
+    entries and exits, per-model hit rates, trades."""
+    from tradepipe.trading.report import report_from_bus
+
+    settings = settings_or_exit(config, bus)
+    bus_obj = open_or_exit(settings.bus.url, create=False)
+    try:
+        with _progress() as progress:
+            task = progress.add_task("report", total=None)
+            path = report_from_bus(bus_obj, out_dir, title=title, notes=note or [], settings=settings,
+                                   on_progress=lambda n: progress.advance(task, n))
+    except BusError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        bus_obj.close()
+    out.print(f"report: {path}")
+
+
+def _send_trading_command(command: str, reason: str, bus: str | None, config: Path | None) -> None:
+    import uuid
+
+    from tradepipe.events.types import TradingCommand
+    from tradepipe.runtime.clock import WallClock
+    from tradepipe.runtime.service import Context
+    from tradepipe.runtime.store import publish
+
+    settings = settings_or_exit(config, bus)
+    bus_obj = open_or_exit(settings.bus.url, create=False)
+    try:
+        ctx = Context("cli", WallClock())
+        ctx.begin(None, key=uuid.uuid4().bytes)
+        event = ctx.emit(TradingCommand, command=command, reason=reason)
+        producer = bus_obj.producer()
+        publish(producer, get_codec(settings.bus.codec), [event])
+        producer.close()
+    finally:
+        bus_obj.close()
+    out.print(f"{command} sent to {settings.bus.url} (event {event.event_id})")
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why: kept in the event and the engine's answer.")]
+
+
+@trading_app.command("halt")
+def trading_halt(reason: ReasonOption = "operator", bus: BusOption = None, config: ConfigOption = None) -> None:
+    """Halt trading: the engine refuses new orders until resumed."""
+    _send_trading_command("halt", reason, bus, config)
+
+
+@trading_app.command("resume")
+def trading_resume(reason: ReasonOption = "operator", bus: BusOption = None, config: ConfigOption = None) -> None:
+    """Resume trading after a halt or a tripped kill switch (the only way out of one)."""
+    _send_trading_command("resume", reason, bus, config)
 
 
 # --- schemas -----------------------------------------------------------------------------------

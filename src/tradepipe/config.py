@@ -164,6 +164,8 @@ class TradingSettings(Section):
     max_order_units: float = Field(
         100_000.0, gt=0, description="largest single order: risk sizing from a tight stop (1m ATR) would ask for millions")
     default_stop_bps: float = Field(10.0, gt=0, description="stop distance (bp of price) when the signal has no stop")
+    min_stop_bps: float = Field(
+        5.0, ge=0, description="a closer stop is moved out to this (bp of the entry): a 1m-ATR stop sits inside the spread")
     max_position_units: float = Field(300_000.0, gt=0, description="largest open position per symbol, in units")
     max_gross_exposure: float = Field(1_000_000.0, gt=0, description="sum of open notionals, quote currency")
     max_daily_loss: float = Field(0.02, gt=0, lt=1, description="no new orders after losing this fraction of the day's start equity")
@@ -193,6 +195,7 @@ class AuditSettings(Section):
 
 class AnalyticsSettings(Section):
     interval_s: float = Field(3600.0, gt=0, description="event time between PerformanceCalculated events")
+    sample_s: float = Field(3600.0, gt=0, description="equity sampling period of Sharpe and Sortino (event time)")
     report_dir: str = Field("reports/latest", description="where `tradepipe run` writes its report")
 
 

@@ -1,41 +1,69 @@
-"""The pipeline as one job (``tradepipe run``): recorded data -> data bridge -> bars and
-features -> (with a model registry) model services -> ensemble -> bus.
+"""The pipeline as one job (``tradepipe run``, ``tradepipe backtest``): recorded data -> data
+bridge -> bars and features -> model services -> ensemble -> validator -> trading engine, with
+the trade saga, the audit trail, performance analytics and the notifier alongside.
 
 The same services that run as separate processes on a bus run here in the in-process kernel,
 with event time, so a run over the same files is deterministic; every event is written to the
-bus for replay. Later stages (decisions) join the list after :func:`model_services`.
+bus for replay. Files are merged in event-time order, so several symbols trade on one account
+in the order their ticks happened.
+
+Strategies (what makes the signals):
+
+- ``models``: the three feature services, the model services and the ensemble (the product);
+- ``ema-cross``: 1m bars and an EMA(10)/EMA(20) cross instead of features and models: the work
+  NautilusTrader's EMA-cross example does, for the R10.2 comparison;
+- ``features``: stop at the features (no models, no decisions).
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import msgspec
+import numpy as np
 
 from tradepipe.bus.base import Bus
 from tradepipe.config import Settings
 from tradepipe.events.codec import get_codec
+from tradepipe.events.envelope import Event
+from tradepipe.events.types import BarClosed, OrderPlaced
 from tradepipe.features.bars import TIMEFRAMES
-from tradepipe.models.registry import ModelRegistry
+from tradepipe.models.registry import ModelCard, ModelRegistry, sha256
+from tradepipe.read.audit_log import AuditLog
 from tradepipe.runtime.kernel import InProcessPipeline
 from tradepipe.runtime.runner import ensure_topics
 from tradepipe.runtime.service import Context, Service
+from tradepipe.services.analytics import PerformanceAnalytics
+from tradepipe.services.audit_trail import AuditTrail
 from tradepipe.services.bar_builder import BarBuilder
 from tradepipe.services.data_bridge import DataBridge
+from tradepipe.services.ema_cross import EmaCrossSignal
 from tradepipe.services.ensemble import EnsembleCoordinator
 from tradepipe.services.feature_engineering import FeatureEngineering
 from tradepipe.services.lightgbm_model import LightGBMService
 from tradepipe.services.lstm_model import LSTMService
 from tradepipe.services.market_microstructure import MarketMicrostructure
 from tradepipe.services.model_service import ModelService
+from tradepipe.services.notifier import Notifier
 from tradepipe.services.technical_analysis import TechnicalAnalysis
+from tradepipe.services.trade_saga import TradeSaga
+from tradepipe.services.trading_engine import TradingEngine
+from tradepipe.services.validator import PatternValidator
 from tradepipe.services.xgboost_model import XGBoostService
 from tradepipe.sources import open_source
+from tradepipe.sources.files import timeframe_ms
 from tradepipe.sources.validation import TickValidator
 
+Strategy = Literal["models", "ema-cross", "features"]
+STRATEGIES: tuple[str, ...] = Strategy.__args__
+#: the validator's rules for the EMA cross: those that need no features (it computes none)
+EMA_CROSS_RULES = ("confidence_floor", "trading_hours")
 
 def feature_services(timeframes=TIMEFRAMES) -> list[Service]:
     """The feature stage, in dispatch order: bars first, so a tick's BarClosed events reach
@@ -87,10 +115,60 @@ def _check_models_fit_data(model_stage: list[ModelService], sources: list) -> No
         )
 
 
-class RunRequest(msgspec.Struct, frozen=True):
+def broker_for(settings: Settings):
+    """The broker of ``trading.broker``: None for paper (the engine builds it from its
+    settings), the MetaTrader 5 adapter on the installed terminal package for ``mt5``."""
+    if settings.trading.broker == "paper":
+        return None
+    from tradepipe.sources.mt5 import import_metatrader5
+    from tradepipe.trading.brokers.mt5 import Mt5Broker
+
+    trading = settings.trading
+    return Mt5Broker(import_metatrader5(), magic=trading.mt5_magic, deviation_points=trading.mt5_deviation_points)
+
+
+def decision_services(settings: Settings, *, strategy: Strategy = "models",
+                      audit_log: AuditLog | None = None) -> list[Service]:
+    """Everything after the signal: validator, trading engine, (for the models) the trade saga,
+    the audit trail (with a log), performance analytics and the notifier, in dispatch order.
+    The engine holds a position for the models' horizon; the EMA cross holds until its stop,
+    target or the opposite cross."""
+    validator = settings.validator
+    if strategy == "ema-cross":
+        validator = validator.model_copy(update={"rules": tuple(r for r in validator.rules if r in EMA_CROSS_RULES)})
+    horizon = settings.models.horizon if strategy == "models" else None
+    services: list[Service] = [
+        PatternValidator(validator),
+        TradingEngine(settings.trading, broker_for(settings), exit_after_bars=horizon),
+    ]
+    if strategy == "models":
+        services.append(TradeSaga(settings.saga, timeframe=settings.models.timeframe))
+    if audit_log is not None:
+        services.append(AuditTrail(audit_log, cache_events=settings.audit.cache_events))
+    services += [PerformanceAnalytics.from_settings(settings), Notifier()]
+    return services
+
+
+def in_sample_files(cards: list[ModelCard], paths: list[Path]) -> list[str]:
+    """The data files among ``paths`` that a model in ``cards`` was trained on (by content
+    hash): a backtest on them measures memory, not skill."""
+    trained = {digest: card.name for card in cards for digest in card.data_files.values()}
+    found = []
+    for path in paths:
+        name = trained.get(sha256(Path(path).read_bytes()))
+        if name is not None:
+            found.append(f"{Path(path).name} (trained {name})")
+    return found
+
+
+class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
     paths: list[Path]
     settings: Settings
     symbol: str | None = None
+    strategy: Strategy = "models"
+    start: datetime | None = None  # --from: items before it are skipped
+    end: datetime | None = None  # --to: items from it on are skipped
+    audit_path: Path | None = None  # the audit trail's log; None = no audit trail
 
 
 def run_pipeline(
@@ -100,71 +178,199 @@ def run_pipeline(
     on_progress: Callable[[int], None] | None = None,
     registry: ModelRegistry | str | Path | None = None,
 ) -> dict:
-    """Replay ``request.paths`` (tick or bar files) through the data bridge into ``bus``;
-    return the run's summary. With a ``registry`` that holds models, the model services and
-    the ensemble run too (:func:`model_services`); without one, or with an empty one, the run
-    stops at the features."""
+    """Replay ``request.paths`` (tick or bar files, merged in event time) through the whole
+    pipeline into ``bus``; return the run's summary. The ``models`` strategy needs a
+    ``registry`` holding models; without one (or with an empty one) it stops at the features."""
     settings = request.settings
+    strategy = request.strategy
     if registry is not None and not isinstance(registry, ModelRegistry):
         registry = ModelRegistry(registry)
-    models = model_services(settings, registry) if registry is not None and not registry.is_empty() else []
+    if strategy == "models" and (registry is None or registry.is_empty()):
+        strategy = "features"
+    if strategy == "models":
+        signal_stage = feature_services() + model_services(settings, registry)
+    elif strategy == "ema-cross":
+        signal_stage = [BarBuilder(timeframes=("1m",)), EmaCrossSignal("1m")]
+    else:
+        signal_stage = feature_services()
+    audit_log = AuditLog(request.audit_path) if request.audit_path is not None and strategy != "features" else None
+    decisions = decision_services(settings, strategy=strategy, audit_log=audit_log) if strategy != "features" else []
     ensure_topics(bus, partitions=settings.bus.partitions)
     bridge = DataBridge(TickValidator(max_jump=settings.data.max_jump, allow_locked=settings.data.allow_locked))
     ctx = Context(bridge.name)
     codec = get_codec(settings.bus.codec)
     items_in: Counter[str] = Counter()
-    rejected: Counter[str] = Counter()
     per_symbol: Counter[str] = Counter()
-
-    def counted(items, kind: str):
-        for item in items:
+    rejected: Counter[str] = Counter()
+    probe = LatencyProbe()
+    kernel = InProcessPipeline(signal_stage + decisions, bus, codec=codec, on_event=probe.on_event)
+    model_stage = [s for s in signal_stage if isinstance(s, ModelService)]
+    sources = open_sources(request.paths, request.symbol)  # lazy: nothing read yet
+    _check_models_fit_data(model_stage, [(s.path, s.kind, None) for s in sources])
+    start_ms = None if request.start is None else int(request.start.timestamp() * 1000)
+    end_ms = None if request.end is None else int(request.end.timestamp() * 1000)
+    handlers = {"ticks": bridge.handle_tick, "bars": bridge.handle_bar}
+    tick_started, feed_all = probe.tick_started, kernel.feed_all
+    started = time.perf_counter()
+    count = 0
+    try:
+        for count, (kind, item) in enumerate(merged(sources, start_ms, end_ms), 1):
             items_in[kind] += 1
             per_symbol[item.symbol] += 1
-            yield item
-
-    services = feature_services() + models
-    kernel = InProcessPipeline(services, bus, codec=codec)
-    model_stage = [s for s in models if isinstance(s, ModelService)]
-    started = time.perf_counter()
-    sources = [(path, *open_source(path, request.symbol)) for path in request.paths]  # lazy: nothing read yet
-    _check_models_fit_data(model_stage, sources)
-    try:
-        for path, kind, items in sources:
-            handle = bridge.handle_tick if kind == "ticks" else bridge.handle_bar
-            before, count = bridge.rejected, 0
-            for count, item in enumerate(counted(items, kind), 1):
-                kernel.feed_all(handle(item, ctx))
-                if on_progress is not None and count % 5000 == 0:
-                    on_progress(5000)
-            if on_progress is not None:
-                on_progress(count % 5000)
-            rejected[kind] += bridge.rejected - before
+            before = bridge.rejected
+            tick_started()
+            feed_all(handlers[kind](item, ctx))
+            if bridge.rejected != before:
+                rejected[kind] += 1
+            if on_progress is not None and count % 5000 == 0:
+                on_progress(5000)
+        if on_progress is not None:
+            on_progress(count % 5000)
         kernel.close()
     finally:
         for service in model_stage:
             service.close()
+        if audit_log is not None:
+            audit_log.close()
     wall_s = time.perf_counter() - started
+    return _summary(request, strategy, bus, kernel, bridge, items_in, rejected, per_symbol, probe, wall_s)
+
+
+def _summary(request, strategy, bus, kernel, bridge, items_in, rejected, per_symbol, probe, wall_s) -> dict:
+    counts = kernel.counts
+    services = {type(s): s for s in kernel.services}
+    model_stage = [s for s in kernel.services if isinstance(s, ModelService)]
     ticks_in = items_in["ticks"]
-    return {
+    summary = {
         "bus": bus.url,
+        "strategy": strategy,
         "files": len(request.paths),
         "ticks_in": ticks_in,
         "ticks_rejected": rejected["ticks"],
         "bars_in": items_in["bars"],
         "bars_rejected": rejected["bars"],
-        "events_written": sum(kernel.counts.values()),
+        "events_written": sum(counts.values()),
         "market_data_events": bridge.accepted,
-        "bars": kernel.counts["BarClosed"],
-        "features_events": kernel.counts["FeaturesCalculated"],
-        "dead_letters": kernel.counts["DeadLetter"],
+        "bars": counts["BarClosed"],
+        "features_events": counts["FeaturesCalculated"],
+        "dead_letters": counts["DeadLetter"],
         "models": {s.kind: s.card.name for s in model_stage},
-        "predictions": kernel.counts["PredictionGenerated"],
+        "predictions": counts["PredictionGenerated"],
         "fallback_predictions": sum(s.fallbacks for s in model_stage),
         "model_failures": sum(s.failures for s in model_stage),
-        "signals": kernel.counts["TradingSignalGenerated"],
-        "breaker_transitions": kernel.counts["CircuitBreakerStateChanged"],
+        "signals": counts["TradingSignalGenerated"],
+        "breaker_transitions": counts["CircuitBreakerStateChanged"],
+        "validated": counts["SignalValidated"],
+        "rejected": counts["SignalRejected"],
+        "orders": counts["OrderPlaced"],
+        "fills": counts["OrderExecuted"],
+        "orders_rejected": counts["OrderRejected"],
+        "positions_closed": counts["PositionClosed"],
+    }
+    analytics = services.get(PerformanceAnalytics)
+    if analytics is not None:
+        figures = analytics.summary()
+        summary |= {key: _rounded(figures[key]) for key in (
+            "realized_pnl", "unrealized_pnl", "equity", "max_drawdown", "sharpe", "win_rate", "profit_factor")}
+    engine = services.get(TradingEngine)
+    if engine is not None:
+        summary["trading_halted"] = engine.halted is not None
+    saga = services.get(TradeSaga)
+    if saga is not None:
+        summary["sagas"] = dict(sorted(saga.outcomes.items()))
+    summary |= {
+        "latency_samples": len(probe.samples_ms),
+        "latency_p50_ms": probe.percentile(50),
+        "latency_p99_ms": probe.percentile(99),
         "rejected_by_reason": dict(sorted(bridge.rejected_by_reason.items())),
         "symbols": dict(sorted(per_symbol.items())),
         "wall_s": round(wall_s, 3),
         "ticks_per_s": round(ticks_in / wall_s) if wall_s > 0 else 0,
     }
+    return summary
+
+
+def _rounded(value):
+    return round(value, 6) if isinstance(value, float) else value
+
+
+# --- data: files merged in event time ----------------------------------------------------------
+
+class Source(msgspec.Struct, frozen=True):
+    path: Path
+    kind: Literal["ticks", "bars"]
+    items: Iterator
+
+
+def open_sources(paths: list[Path], symbol: str | None) -> list[Source]:
+    """Each file's kind and lazy item stream (nothing read yet); ValueError for a file that is
+    neither ticks nor bars."""
+    return [Source(Path(path), *open_source(path, symbol)) for path in paths]
+
+
+def merged(sources: list[Source], start_ms: int | None = None,
+           end_ms: int | None = None) -> Iterator[tuple[str, object]]:
+    """(kind, item) of every source in event-time order (a bar at its close), ties in file
+    order; items outside [start_ms, end_ms) are skipped. An unreadable row keeps its place in
+    its file (it takes the time of the row before it), so it is dead-lettered where it was."""
+    lengths: dict[str, int] = {}
+
+    def timed(index: int, source: Source):
+        last = 0
+        bars = source.kind == "bars"
+        for n, item in enumerate(source.items):
+            ts = getattr(item, "ts_ms", None)
+            if ts is None:  # a BadRow
+                yield last, index, n, source.kind, item
+                continue
+            if bars:
+                length = lengths.get(item.timeframe) or lengths.setdefault(item.timeframe, timeframe_ms(item.timeframe))
+                ts += length
+            last = ts
+            if (start_ms is None or ts >= start_ms) and (end_ms is None or ts < end_ms):
+                yield ts, index, n, source.kind, item
+
+    streams = [timed(i, s) for i, s in enumerate(sources)]
+    # one file (the common backtest) needs no heap; the tuples never compare their items, as
+    # (time, file index, row number) is unique
+    for _, _, _, kind, item in (streams[0] if len(streams) == 1 else heapq.merge(*streams)):
+        yield kind, item
+
+
+# --- latency probe -----------------------------------------------------------------------------
+
+class LatencyProbe:
+    """R10.1: wall time inside the process from the tick that closed a bar (when the run
+    started handling it, before the data bridge) to each OrderPlaced of a signal made on that
+    bar. Ticks are marked by :meth:`tick_started`; the kernel's ``on_event`` hook sees the
+    bar close (same correlationId as its tick) and the order."""
+
+    __slots__ = ("_tick_started", "_tick_id", "_bar_started", "samples_ms", "_keep")
+
+    def __init__(self, keep: int = 4096) -> None:
+        self._tick_started = 0.0
+        self._tick_id = None
+        self._bar_started: dict = {}  # correlationId of a bar-closing tick -> its start
+        self._keep = keep
+        self.samples_ms: list[float] = []
+
+    def tick_started(self) -> None:
+        self._tick_started = time.perf_counter()
+
+    def on_event(self, event: Event) -> None:
+        kind = type(event)
+        if kind is BarClosed:
+            started = self._bar_started
+            # the bar's tick roots its correlation; a bar read from a file is its own root
+            started[event.correlation_id or event.event_id] = self._tick_started
+            if len(started) > self._keep:  # bounded: a bar's order comes within its deadlines
+                del started[next(iter(started))]
+        elif kind is OrderPlaced and event.reason == "signal":
+            started = self._bar_started.get(event.correlation_id)
+            if started is not None:
+                self.samples_ms.append((time.perf_counter() - started) * 1000.0)
+
+    def percentile(self, q: float) -> float | None:
+        if not self.samples_ms:
+            return None
+        return round(float(np.percentile(self.samples_ms, q)), 3)

@@ -239,7 +239,7 @@ def test_from_settings():
     settings = Settings()
     service = PerformanceAnalytics.from_settings(settings)
     assert (service.initial_equity, service.horizon_bars, service.scorer.dead_band, service.sample_ms) == (
-        settings.trading.initial_equity, 5, pytest.approx(0.35e-4), 60_000)
+        settings.trading.initial_equity, 5, pytest.approx(0.35e-4), 3_600_000)
     assert service.interval_ms == 3_600_000 and service.port == 8002
 
 

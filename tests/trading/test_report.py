@@ -75,9 +75,11 @@ def recorded(tmp_path_factory):
 def test_a_report_from_a_sqlite_bus_is_the_report_of_its_events(recorded, tmp_path):
     bus, events, orders = recorded
     progress: list[int] = []
+    minutely = Settings(analytics={"sample_s": 60})  # a short run: enough returns to sample
     html_path = report_from_bus(bus, tmp_path / "bus", title="sample run", notes=["in-sample: a test"],
-                                on_progress=progress.append)
-    direct = write_report(events, tmp_path / "direct", title="sample run", notes=["in-sample: a test"])
+                                on_progress=progress.append, settings=minutely)
+    direct = write_report(events, tmp_path / "direct", title="sample run", notes=["in-sample: a test"],
+                          settings=minutely)
     from_bus = json.loads((html_path.parent / "summary.json").read_text())
     assert from_bus == json.loads((direct.parent / "summary.json").read_text())
     assert sum(progress) == len(events)

@@ -45,7 +45,6 @@ from tradepipe.events.types import (
 )
 from tradepipe.models.scoring import Awaiting, HorizonScorer, horizon_ms
 from tradepipe.runtime.service import Context, Service
-from tradepipe.sources.files import timeframe_ms
 from tradepipe.trading.performance import (
     DrawdownTracker, ExposureClock, ReturnStats, TradeStats, periods_per_year,
 )
@@ -179,7 +178,7 @@ class PerformanceAnalytics(Service):
     def from_settings(cls, settings: Settings) -> PerformanceAnalytics:
         models = settings.models
         return cls(settings.analytics, initial_equity=settings.trading.initial_equity, horizon_bars=models.horizon,
-                   dead_band=models.dead_band_bps * 1e-4, sample_s=timeframe_ms(models.timeframe) / 1000)
+                   dead_band=models.dead_band_bps * 1e-4, sample_s=settings.analytics.sample_s)
 
     # -- handling -------------------------------------------------------------------------
     def handle(self, event: Event, ctx: Context) -> tuple[Event, ...] | list[Event]:

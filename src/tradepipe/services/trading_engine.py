@@ -89,11 +89,14 @@ class TradingEngine(Service):
     port = 8007
     inputs = (VALIDATED, MARKET_DATA, SYSTEM)
 
-    def __init__(self, settings: TradingSettings, broker: Broker | None = None, *, exit_after_bars: int = 5) -> None:
+    def __init__(self, settings: TradingSettings, broker: Broker | None = None, *,
+                 exit_after_bars: int | None = 5) -> None:
         self.settings = settings
         self._paper_from_settings = broker is None
         self.broker = broker or self._paper_broker(settings)
-        self.horizon_bars = exit_after_bars  # the models' horizon: bars to hold unless settings say otherwise
+        # the models' horizon: bars to hold unless settings say otherwise; None = no horizon exit
+        # (a strategy such as the EMA cross holds until its stop, target or the opposite signal)
+        self.horizon_bars = exit_after_bars
         # state (snapshot)
         self.account = Account(settings.initial_equity)
         self.quotes: dict[str, TickData] = {}  # symbol -> last tick
@@ -174,7 +177,7 @@ class TradingEngine(Service):
         settings, account = self.settings, self.account
         account.roll_day(ctx.now())
         entry = tick.ask if side == "BUY" else tick.bid
-        stop = protective_stop(side, entry, signal.stop_loss, settings.default_stop_bps)
+        stop = protective_stop(side, entry, signal.stop_loss, settings.default_stop_bps, settings.min_stop_bps)
         units = order_units(settings, account.equity, entry, stop)
         why = refusal(settings, account, symbol, side, units, entry, halted=self.halted)
         if why is not None:
@@ -207,14 +210,16 @@ class TradingEngine(Service):
         out += self._check_kill_switch(equity, signal, ctx) or ()
         return out
 
-    def _exit_at(self, signal: SignalValidated, ctx: Context) -> datetime:
+    def _exit_at(self, signal: SignalValidated, ctx: Context) -> datetime | None:
         """The horizon deadline: ``exit_after_bars`` bars after the signal's bar closed (the
         models' label compares that bar's close with the close ``horizon`` bars later)."""
+        bars = self.settings.exit_after_bars or self.horizon_bars
+        if bars is None:
+            return None
         try:
             bar = timedelta(milliseconds=timeframe_ms(signal.timeframe or DEFAULT_TIMEFRAME))
         except ValueError:
             bar = timedelta(milliseconds=timeframe_ms(DEFAULT_TIMEFRAME))
-        bars = self.settings.exit_after_bars or self.horizon_bars
         if signal.bar_time is None:
             return ctx.now() + bar * bars
         return signal.bar_time + bar * (bars + 1)

@@ -9,7 +9,9 @@ Sizing (``TradingSettings.sizing``):
 Both are rounded DOWN to ``lot_step`` (never risk more than asked). The stop is the signal's
 when it is on the losing side of the entry, else ``default_stop_bps`` from the entry: a stop
 on the wrong side (the entry is the ask/bid now, the signal's stop was set from the bar's mid
-close) would close the position on its first tick.
+close) would close the position on its first tick. A stop closer than ``min_stop_bps`` is moved
+out to it: the models' stop is one ATR of 1m bars, often inside the spread, so the bid (for a
+long) would already be through it.
 
 The checks, in order, each a refusal reason (a sentence with the numbers) or None: trading
 halted; the day's loss limit reached; a size below one lot step; the symbol's position limit;
@@ -30,11 +32,16 @@ from tradepipe.trading.account import Account
 _ROUNDING_SLACK = 1e-9
 
 
-def protective_stop(side: Side, entry: float, stop_loss: float | None, default_stop_bps: float) -> float:
-    """The signal's stop if it is on the losing side of ``entry``, else ``default_stop_bps`` away."""
+def protective_stop(side: Side, entry: float, stop_loss: float | None, default_stop_bps: float,
+                    min_stop_bps: float = 0.0) -> float:
+    """The signal's stop if it is on the losing side of ``entry``, moved out to ``min_stop_bps``
+    from it if closer; else ``default_stop_bps`` away."""
     if stop_loss is not None and (stop_loss < entry if side == "BUY" else stop_loss > entry):
-        return stop_loss
-    distance = entry * default_stop_bps / 1e4
+        if abs(entry - stop_loss) >= entry * min_stop_bps / 1e4:
+            return stop_loss
+        distance = entry * min_stop_bps / 1e4
+    else:
+        distance = entry * default_stop_bps / 1e4
     return entry - distance if side == "BUY" else entry + distance
 
 
