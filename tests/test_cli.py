@@ -322,3 +322,21 @@ def test_run_reads_parquet(workdir, small_ticks):
     summary = json.loads((workdir / "p.json").read_text())
     assert summary["ticks_in"] == rows == 2002 and summary["symbols"] == {"EURUSD": 2002}
     assert summary["ticks_rejected"] == 2 and summary["market_data_events"] == 2000  # crossed, NaN
+
+
+def test_report_and_trading_commands_on_a_recorded_bus(workdir, small_ticks):
+    assert invoke("run", "--no-models", "--data", str(small_ticks)).exit_code == 0
+    made = invoke("report", "--out", "rep", "--title", "features only", "--note", "a note")
+    assert made.exit_code == 0, made.output
+    html = (workdir / "rep" / "report.html").read_text()
+    assert "features only" in html and "a note" in html and "No trades" in html
+    assert (workdir / "rep" / "equity.png").read_bytes()[:4] == b"\x89PNG"
+    for command in ("halt", "resume"):
+        sent = invoke("trading", command, "--reason", "test")
+        assert sent.exit_code == 0 and f"{command} sent" in sent.output
+    commands = [json.loads(line) for line in invoke("replay", "--topic", "system-events").stdout.splitlines()]
+    assert [(c["type"], c["command"], c["reason"]) for c in commands] == [
+        ("TradingCommand", "halt", "test"), ("TradingCommand", "resume", "test")]
+    missing = invoke("report", "--out", "x", "--bus", "sqlite:///nope.db")
+    assert missing.exit_code == 2
+    assert invoke("audit", "verify", "--audit", "nope.db").exit_code == 2
