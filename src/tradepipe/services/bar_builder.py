@@ -29,6 +29,7 @@ class TickBarService(Service):
     each bar it closes into one event with :meth:`bar_event`."""
 
     inputs = (MARKET_DATA,)
+    accepts = (MarketDataReceived,)  # not the BarClosed events on the same topic
     accumulator: ClassVar[type[Accumulator]]
 
     def __init__(self, timeframes: tuple[str, ...] = TIMEFRAMES, flush_after_s: float | None = None) -> None:

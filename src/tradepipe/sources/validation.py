@@ -96,7 +96,8 @@ class TickValidator:
             if rejection is not None:
                 return rejection
         state.ts_ms, state.bid, state.ask, state.mid = ts_ms, bid, ask, mid
-        state.jump_run.clear()
+        if state.jump_run:  # nearly always empty: skip the call
+            state.jump_run.clear()
         return None
 
     def _jump(self, state: _SymbolState, mid: float) -> Rejection | None:
