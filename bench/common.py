@@ -52,3 +52,18 @@ def update_section(path: Path, heading: str, text: str) -> None:
         end = current.find("\n## ", start + len(heading))
         current = current[:start] + text + ("" if end < 0 else current[end + 1:])
     path.write_text(current)
+
+
+def small_registry(directory: Path):
+    """Small models (the ones `tradepipe run` trains on first use) trained on the shipped
+    sample into ``directory``: enough to time the model stage, not to judge it."""
+    from tradepipe.config import Settings
+    from tradepipe.models.registry import ModelRegistry
+    from tradepipe.models.training import SMALL_PARAMS, TrainRequest, train
+    from tradepipe.sources import sample_paths
+
+    models = Settings().models
+    train(TrainRequest(paths=sample_paths(), timeframe=models.timeframe, horizon=models.horizon,
+                       dead_band=models.dead_band_bps / 1e4, kinds=models.kinds, registry=directory,
+                       report=None, seed=models.seed, params=SMALL_PARAMS))
+    return ModelRegistry(directory)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import SHARED_DATA, machine_note, report  # bench/ is on sys.path
+from common import SHARED_DATA, machine_note, report, small_registry  # bench/ is on sys.path
 from tradepipe.config import Settings
 from tradepipe.events import FeaturesCalculated, TradingSignalGenerated
 from tradepipe.models.registry import ModelRegistry
@@ -141,17 +141,6 @@ def signal_latency(registry: ModelRegistry, settings: Settings, bars, warmup: in
         if hasattr(service, "close"):
             service.close()
     return (*percentiles(samples), len(samples))
-
-
-def small_registry(directory: Path) -> ModelRegistry:
-    from tradepipe.models.training import SMALL_PARAMS, TrainRequest, train
-    from tradepipe.sources import sample_paths
-
-    models = Settings().models
-    train(TrainRequest(paths=sample_paths(), timeframe=models.timeframe, horizon=models.horizon,
-                       dead_band=models.dead_band_bps / 1e4, kinds=models.kinds, registry=directory,
-                       report=None, seed=models.seed, params=SMALL_PARAMS))
-    return ModelRegistry(directory)
 
 
 def main() -> None:

@@ -161,6 +161,23 @@ def in_sample_files(cards: list[ModelCard], paths: list[Path]) -> list[str]:
     return found
 
 
+def pipeline_services(settings: Settings, *, strategy: Strategy = "models",
+                      registry: ModelRegistry | str | Path | None = None,
+                      audit_log: AuditLog | None = None) -> list[Service]:
+    """Every service after the data bridge, in dispatch order, for ``strategy`` (the
+    ``models`` strategy needs a ``registry`` holding models): what ``run_pipeline`` runs and
+    what the benchmarks time."""
+    if strategy == "models":
+        if registry is None:
+            raise ValueError("the models strategy needs a model registry")
+        signal_stage = feature_services() + model_services(settings, registry)
+    elif strategy == "ema-cross":
+        signal_stage = [BarBuilder(timeframes=("1m",)), EmaCrossSignal("1m")]
+    else:
+        return feature_services()
+    return signal_stage + decision_services(settings, strategy=strategy, audit_log=audit_log)
+
+
 class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
     paths: list[Path]
     settings: Settings
@@ -187,14 +204,13 @@ def run_pipeline(
         registry = ModelRegistry(registry)
     if strategy == "models" and (registry is None or registry.is_empty()):
         strategy = "features"
-    if strategy == "models":
-        signal_stage = feature_services() + model_services(settings, registry)
-    elif strategy == "ema-cross":
-        signal_stage = [BarBuilder(timeframes=("1m",)), EmaCrossSignal("1m")]
-    else:
-        signal_stage = feature_services()
     audit_log = AuditLog(request.audit_path) if request.audit_path is not None and strategy != "features" else None
-    decisions = decision_services(settings, strategy=strategy, audit_log=audit_log) if strategy != "features" else []
+    try:
+        services = pipeline_services(settings, strategy=strategy, registry=registry, audit_log=audit_log)
+    except Exception:  # e.g. a model that does not load: leave no open log behind
+        if audit_log is not None:
+            audit_log.close()
+        raise
     ensure_topics(bus, partitions=settings.bus.partitions)
     bridge = DataBridge(TickValidator(max_jump=settings.data.max_jump, allow_locked=settings.data.allow_locked))
     ctx = Context(bridge.name)
@@ -203,8 +219,8 @@ def run_pipeline(
     per_symbol: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     probe = LatencyProbe()
-    kernel = InProcessPipeline(signal_stage + decisions, bus, codec=codec, on_event=probe.on_event)
-    model_stage = [s for s in signal_stage if isinstance(s, ModelService)]
+    kernel = InProcessPipeline(services, bus, codec=codec, on_event=probe.on_event)
+    model_stage = [s for s in services if isinstance(s, ModelService)]
     sources = open_sources(request.paths, request.symbol)  # lazy: nothing read yet
     _check_models_fit_data(model_stage, [(s.path, s.kind, None) for s in sources])
     start_ms = None if request.start is None else int(request.start.timestamp() * 1000)
