@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -13,6 +14,8 @@ from typer.testing import CliRunner
 from tradepipe.bus import open_bus
 from tradepipe.cli import app
 from tradepipe.sources import sample_paths
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repo
 
 cli = CliRunner()
 
@@ -120,6 +123,16 @@ def test_run_on_the_shipped_sample_writes_the_summary(workdir, monkeypatch):
     backtested = json.loads((workdir / "bt.json").read_text())
     assert 0 < backtested["ticks_in"] < summary["symbols"]["EURUSD"] and set(backtested["symbols"]) == {"EURUSD"}
     assert "In-sample (--allow-in-sample)" in (workdir / "bt" / "report.html").read_text()
+    # other data of the same days is refused too (by time, not only by file), a later week is not
+    month = SHARED_DATA / "eurusd_ticks_2014-05.csv.gz"
+    same_days = invoke("backtest", "--data", str(month), "--bus", "sqlite:///oos.db", "--audit", "oos-audit.db")
+    assert same_days.exit_code == 2 and "overlaps" in " ".join(same_days.output.split())
+    later = invoke("backtest", "--data", str(month), "--from", "2014-05-12T08:00", "--to", "2014-05-12T12:00",
+                   "--bus", "sqlite:///oos.db", "--audit", "oos-audit.db", "--report", "oos", "--summary-json", "oos.json")
+    assert later.exit_code == 0, later.output
+    out_of_sample = json.loads((workdir / "oos.json").read_text())
+    assert out_of_sample["ticks_in"] > 1000 and out_of_sample["signals"] > 100
+    assert "In-sample" not in (workdir / "oos" / "report.html").read_text()
 
 
 def test_too_little_data_to_train_first_models_runs_without_the_model_stage(workdir, small_ticks):

@@ -118,7 +118,7 @@ def backtest(
     models must exist (`tradepipe train`), and data they were trained on is refused unless
     --allow-in-sample, because a backtest on it measures memory, not skill."""
     from tradepipe.models.registry import ModelRegistry
-    from tradepipe.pipeline import in_sample_files
+    from tradepipe.pipeline import in_sample
 
     if strategy not in ("models", "ema-cross"):
         raise fail(f"--strategy must be models or ema-cross, not {strategy!r}")
@@ -135,12 +135,13 @@ def backtest(
             raise fail(f"no models in {settings.models.registry}: backtest never trains on the data it tests; "
                        "train first (`tradepipe train --data OTHER_DATA`) or pass --registry")
         cards = _cards_or_exit(models, settings)
-        overlap = in_sample_files(cards, paths) + _window_overlap(cards, start, end)
+        overlap = in_sample(cards, paths, symbol, start, end)
         if overlap and not allow_in_sample:
-            raise fail("the models were trained on this data: " + "; ".join(overlap)
-                       + ". Backtest on other data, or pass --allow-in-sample to run anyway (the report will say so)")
+            raise fail("the models were trained on this data: " + "; ".join(overlap) + ". Backtest other "
+                       "data or another period (--from/--to), or pass --allow-in-sample to run anyway (the report "
+                       "will say so)")
         if overlap:
-            notes.append("In-sample (--allow-in-sample): the models were trained on " + "; ".join(overlap)
+            notes.append("In-sample (--allow-in-sample): " + "; ".join(overlap)
                          + ". These figures measure memory, not skill.")
     _execute(settings, paths, symbol=symbol, strategy=strategy, registry=models, start=start, end=end,
              report=report, audit=audit, summary_json=summary_json, fresh=fresh, append=False, notes=notes,
@@ -161,15 +162,6 @@ def _cards_or_exit(registry, settings: Settings) -> list:
         return [registry.card(*registry.resolve(kind, settings.models.version)) for kind in settings.models.kinds]
     except ModelLoadError as exc:
         raise fail(f"{exc}; retrain with `tradepipe train`") from None
-
-
-def _window_overlap(cards: list, start: datetime | None, end: datetime | None) -> list[str]:
-    """The models whose training window overlaps an explicit --from/--to range."""
-    if start is None and end is None:
-        return []
-    return [f"{c.name}'s training window {c.training_window.start:%Y-%m-%d %H:%M} .. {c.training_window.end:%Y-%m-%d %H:%M}"
-            for c in cards if (start is None or c.training_window.end >= start)
-            and (end is None or c.training_window.start < end)]
 
 
 def _execute(settings: Settings, paths: list[Path], *, symbol, strategy, registry, report, audit, summary_json,

@@ -31,7 +31,7 @@ import numpy as np
 from tradepipe.bus.base import Bus
 from tradepipe.config import Settings
 from tradepipe.events.codec import get_codec
-from tradepipe.events.envelope import Event
+from tradepipe.events.envelope import Event, utc_from_ms
 from tradepipe.events.types import BarClosed, OrderPlaced
 from tradepipe.features.bars import TIMEFRAMES
 from tradepipe.models.registry import ModelCard, ModelRegistry, sha256
@@ -149,16 +149,48 @@ def decision_services(settings: Settings, *, strategy: Strategy = "models",
     return services
 
 
-def in_sample_files(cards: list[ModelCard], paths: list[Path]) -> list[str]:
-    """The data files among ``paths`` that a model in ``cards`` was trained on (by content
-    hash): a backtest on them measures memory, not skill."""
+def in_sample(cards: list[ModelCard], paths: list[Path], symbol: str | None = None,
+              start: datetime | None = None, end: datetime | None = None) -> list[str]:
+    """Why a backtest of ``paths`` (within [start, end)) would test the models of ``cards``
+    on data they were trained on, one reason per file; empty when it would not. A file is in
+    sample when its bytes are a training file's (content hash), or when its time range, cut
+    to [start, end), overlaps a model's training window (any symbol: a correlated pair over
+    the same hours is no test either). The time range costs one read of each file."""
     trained = {digest: card.name for card in cards for digest in card.data_files.values()}
-    found = []
+    reasons = []
     for path in paths:
         name = trained.get(sha256(Path(path).read_bytes()))
         if name is not None:
-            found.append(f"{Path(path).name} (trained {name})")
-    return found
+            reasons.append(f"{Path(path).name} is {name}'s training data")
+            continue
+        first, last = _time_range(path, symbol)
+        if first is None:
+            continue
+        first, last = max(first, start or first), min(last, end or last)
+        for card in cards:
+            window = card.training_window
+            if first <= window.end and window.start <= last:
+                reasons.append(f"{Path(path).name} ({first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}) overlaps "
+                               f"{card.name}'s training window ({window.start:%Y-%m-%d %H:%M} .. "
+                               f"{window.end:%Y-%m-%d %H:%M})")
+                break
+    return reasons
+
+
+def _time_range(path: Path, symbol: str | None) -> tuple[datetime | None, datetime | None]:
+    """The event times of a file's first and last readable item."""
+    first = last = None
+    kind, items = open_source(path, symbol)
+    for item in items:
+        ts = getattr(item, "ts_ms", None)
+        if ts is None:
+            continue
+        if kind == "bars":
+            ts += timeframe_ms(item.timeframe)
+        if first is None:
+            first = ts
+        last = ts
+    return (None, None) if first is None else (utc_from_ms(first), utc_from_ms(last))
 
 
 def pipeline_services(settings: Settings, *, strategy: Strategy = "models",
