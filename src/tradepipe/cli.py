@@ -87,12 +87,15 @@ def run(
     models = None
     if not no_models:
         models = ModelRegistry(settings.models.registry)
-        if models.is_empty():
-            if _train_small_models(paths, symbol, settings):
-                notes.append("In-sample: the models were trained on this very data before the run, so these "
-                             "figures show the pipeline working, not an edge. Use `tradepipe backtest` on other data.")
-            else:
-                models = None
+        if models.is_empty() and not _train_small_models(paths, symbol, settings):
+            models = None
+    if models is not None:
+        from tradepipe.pipeline import in_sample
+
+        overlap = in_sample(_cards_or_exit(models, settings), paths, symbol)
+        if overlap:  # run never refuses (it is the demonstration), but says so
+            notes.append("In-sample: " + "; ".join(overlap) + ". These figures show the pipeline working, not "
+                         "an edge; `tradepipe backtest` tests models on data they were not trained on.")
     _execute(settings, paths, symbol=symbol, strategy="features" if models is None else "models", registry=models,
              report=report, audit=audit, summary_json=summary_json, fresh=fresh, append=append, notes=notes,
              title="tradepipe run")

@@ -17,6 +17,7 @@ Strategies (what makes the signals):
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import time
 from collections import Counter
@@ -34,7 +35,7 @@ from tradepipe.events.codec import get_codec
 from tradepipe.events.envelope import Event, utc_from_ms
 from tradepipe.events.types import BarClosed, OrderPlaced
 from tradepipe.features.bars import TIMEFRAMES
-from tradepipe.models.registry import ModelCard, ModelRegistry, sha256
+from tradepipe.models.registry import ModelCard, ModelRegistry
 from tradepipe.read.audit_log import AuditLog
 from tradepipe.runtime.kernel import InProcessPipeline
 from tradepipe.runtime.runner import ensure_topics
@@ -64,6 +65,7 @@ Strategy = Literal["models", "ema-cross", "features"]
 STRATEGIES: tuple[str, ...] = Strategy.__args__
 #: the validator's rules for the EMA cross: those that need no features (it computes none)
 EMA_CROSS_RULES = ("confidence_floor", "trading_hours")
+
 
 def feature_services(timeframes=TIMEFRAMES) -> list[Service]:
     """The feature stage, in dispatch order: bars first, so a tick's BarClosed events reach
@@ -159,7 +161,7 @@ def in_sample(cards: list[ModelCard], paths: list[Path], symbol: str | None = No
     trained = {digest: card.name for card in cards for digest in card.data_files.values()}
     reasons = []
     for path in paths:
-        name = trained.get(sha256(Path(path).read_bytes()))
+        name = trained.get(_file_sha256(path))
         if name is not None:
             reasons.append(f"{Path(path).name} is {name}'s training data")
             continue
@@ -167,6 +169,8 @@ def in_sample(cards: list[ModelCard], paths: list[Path], symbol: str | None = No
         if first is None:
             continue
         first, last = max(first, start or first), min(last, end or last)
+        if first > last:  # --from/--to leave nothing of this file
+            continue
         for card in cards:
             window = card.training_window
             if first <= window.end and window.start <= last:
@@ -175,6 +179,14 @@ def in_sample(cards: list[ModelCard], paths: list[Path], symbol: str | None = No
                                f"{window.end:%Y-%m-%d %H:%M})")
                 break
     return reasons
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _time_range(path: Path, symbol: str | None) -> tuple[datetime | None, datetime | None]:
@@ -364,12 +376,13 @@ def merged(sources: list[Source], start_ms: int | None = None,
     lengths: dict[str, int] = {}
 
     def timed(index: int, source: Source):
-        last = 0
+        last = start_ms or 0
         bars = source.kind == "bars"
         for n, item in enumerate(source.items):
             ts = getattr(item, "ts_ms", None)
-            if ts is None:  # a BadRow
-                yield last, index, n, source.kind, item
+            if ts is None:  # a BadRow: where the row before it was, if that is in the window
+                if (start_ms is None or last >= start_ms) and (end_ms is None or last < end_ms):
+                    yield last, index, n, source.kind, item
                 continue
             if bars:
                 length = lengths.get(item.timeframe) or lengths.setdefault(item.timeframe, timeframe_ms(item.timeframe))

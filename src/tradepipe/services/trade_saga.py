@@ -11,13 +11,14 @@ although three feature groups arrive); then, on the :mod:`tradepipe.runtime.saga
    the saga keeps; an OrderRejected here is a risk refusal before any order was placed:
    REJECTED; timeout ``order_timeout_s``. Compensation: cancel the order.
 4. ``fill``: OrderExecuted of that order -> COMPLETED; OrderRejected of that order (the broker
-   refused it after placement) -> FAILED; timeout ``fill_timeout_s`` -> TIMED_OUT.
-   Compensation: flatten the position the order opened.
+   refused it after placement) -> FAILED; timeout ``fill_timeout_s`` -> TIMED_OUT. It is the
+   last step, so nothing after it can fail and ask for its undoing; a fill that arrives after
+   the saga gave up is flattened by the late handler below.
 
 Only events of the saga's correlationId count, and order steps only count the saga's own
-order: an exit of an older position carries that position's opening correlationId, and a
-reversal close placed while handling this bar's signal shares this correlationId but has
-``reason == "reversal"`` and its own orderId, so neither moves the saga.
+order: exits (including the close of a reversal placed while handling this bar's signal)
+carry the correlationId of the position they close, and an order step also checks
+``reason == "signal"`` and the orderId, so none of them moves the saga.
 
 Each end emits, in this order, the compensation TradingCommands (topic system-events, last
 completed step first) and one SagaCompleted (the completed steps, the failed one, the reason,
@@ -97,7 +98,7 @@ def trade_saga_definition(settings: SagaSettings, timeframe: str) -> SagaDefinit
              fail_reason=_refusal, concerns=_opening_order, record=_keep_order,
              compensation=_cancel, timeout=timedelta(seconds=settings.order_timeout_s)),
         Step(name="fill", completes=(OrderExecuted,), fails=(OrderRejected,),
-             fail_reason=_broker_rejection, concerns=own_order, compensation=_flatten, late=_late_fill,
+             fail_reason=_broker_rejection, concerns=own_order, late=_late_fill,
              timeout=timedelta(seconds=settings.fill_timeout_s)),
     ), TradeState)
 
@@ -128,10 +129,6 @@ def _broker_rejection(event: OrderRejected) -> str:
 
 def _cancel(state: TradeState) -> OrderCommand:
     return OrderCommand("cancel", state.order_id)
-
-
-def _flatten(state: TradeState) -> OrderCommand:
-    return OrderCommand("flatten", state.order_id)
 
 
 def _late_fill(state: TradeState, outcome: Outcome, event: Event) -> OrderCommand | None:
