@@ -16,6 +16,7 @@ from tradepipe.events import JsonCodec
 from tradepipe.events.types import (
     FeaturesCalculated, MarketDataReceived, OrderExecuted, OrderPlaced, TickData,
 )
+from tradepipe.read import audit_log
 from tradepipe.read.audit_log import (
     GENESIS, AuditLog, AuditLogError, UnknownOrderError, record_hash, render_explanation,
 )
@@ -179,6 +180,36 @@ def test_a_deleted_record_is_a_chain_break_at_the_next_seq(filled):
     result = log.verify()
     assert (result.records, result.tampered.seq, result.tampered.order_id, result.tampered.problem) == (
         2, 3, "B", "chain-link")
+
+
+def stored_events(log: AuditLog, order_id: str) -> list:
+    return [log.event(r) for r in log.records(order_id)]
+
+
+def test_events_of_is_what_the_file_holds_with_two_writers_and_a_small_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(audit_log, "RECENT_RECORDS", 2)  # the records kept in memory: 2, so most are not
+    root = tick(0)
+    a = placed(root, "A")
+    first = AuditLog(tmp_path / "audit.db")
+    assert first.append(a, [root])
+    first.flush()
+    second = AuditLog(tmp_path / "audit.db")  # another writer of the same file
+    b = placed(root, "B")
+    assert second.append(b, [root]) and not second.append(a, [root])  # A is in the file, not in its memory
+    second.flush()
+    a_fill, b_fill = executed(a), executed(b)
+    assert first.append(a_fill, [root, a]) and first.append(b_fill, [root, b])  # after the other writer's B
+    c = placed(root, "C")
+    assert first.append(c, [root]) and first.append(executed(c), [root, c])  # A's records leave the memory
+    first.flush()
+    for log in (first, second):
+        for order_id in "ABC":
+            assert log.events_of(order_id) == stored_events(log, order_id)
+    assert first.events_of("A") == [a, a_fill] and first.events_of("B") == [b, b_fill]
+    assert not first.append(a, [root]) and not first.append(b_fill, [root, b])  # duplicates, remembered or not
+    assert [r.seq for r in first.records("B")] == [2, 4] and first.verify().ok and first.verify().records == 6
+    second.close()
+    first.close()
 
 
 def test_appends_are_committed_in_batches(tmp_path):

@@ -202,6 +202,22 @@ def test_the_cache_evicts_whole_correlations_oldest_first():
     assert cache.tick(bars[1].event_id) is None  # only ticks are ticks
 
 
+def test_the_cache_counts_a_lone_event_as_one_and_a_second_one_joins_it():
+    cache = CausalCache(capacity=3)
+    roots = [tick(i, 1.38) for i in range(5)]
+    for root in roots[:3]:
+        cache.add(root)
+    assert len(cache) == 3 and cache.correlation(roots[0].event_id) == [roots[0]]
+    joined = bar(roots[2], "1m")
+    cache.add(joined)  # 4 events: the oldest lone tick goes
+    assert len(cache) == 3 and cache.tick(roots[0].event_id) is None
+    assert cache.correlation(roots[2].event_id) == [roots[2], joined] and cache.tick(roots[2].event_id) == roots[2]
+    cache.add(roots[3])
+    assert len(cache) == 3 and cache.tick(roots[1].event_id) is None and cache.tick(roots[3].event_id) == roots[3]
+    cache.add(roots[4])  # the oldest correlation now holds 2 events: both go
+    assert len(cache) == 2 and cache.correlation(roots[2].event_id) == []
+
+
 @pytest.fixture(scope="module")
 def real_run(trained, tmp_path_factory):
     """The first 12,000 sample ticks through the feature services, the three tiny real models,

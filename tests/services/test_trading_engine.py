@@ -5,7 +5,10 @@ snapshot/restore continuity; once through the in-process kernel."""
 from __future__ import annotations
 
 import hashlib
+import math
+import random
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import msgspec
@@ -31,6 +34,7 @@ from tradepipe.events.types import (
 from tradepipe.runtime.kernel import InProcessPipeline
 from tradepipe.runtime.service import Context
 from tradepipe.services.trading_engine import TradingEngine
+from tradepipe.trading.account import NEVER, QuietBand
 
 UTC = timezone.utc
 T0 = datetime(2014, 5, 5, 10, 0, tzinfo=UTC)
@@ -347,3 +351,48 @@ def test_exit_after_bars_setting_overrides_the_models_horizon(up):
     engine = Driven(SETTINGS.model_copy(update={"exit_after_bars": 2}), exit_after_bars=5)
     _, _, (placed, _) = open_long(up, engine)
     assert engine.engine.account.positions[placed.order_id].exit_at == T0 + 2 * MINUTE
+
+
+def random_session(up: Upstream, ticks: int = 4000) -> list[Event]:
+    """A random walk of EURUSD quotes with a signal on one tick in 97 (alternating sides, stops
+    and targets 3-8 pips away, so stops, targets, horizons and reversals all happen), a
+    resume after the kill switch, and midnight."""
+    rng = random.Random(7)
+    events: list[Event] = []
+    mid, at = 1.1000, T0 + timedelta(hours=13)
+    for i in range(ticks):
+        mid += rng.choice((-1, 1)) * rng.choice((0.00002, 0.00005, 0.0001))
+        at += timedelta(seconds=rng.choice((1, 2, 5)))
+        tick = up.tick(round(mid - 0.00005, 5), round(mid + 0.00005, 5), at)
+        events.append(tick)
+        if rng.random() < 1 / 97:
+            side = "BUY" if len(events) % 2 else "SELL"
+            sign = 1 if side == "BUY" else -1
+            events.append(up.signal(side, tick, stop_loss=mid - sign * rng.randint(3, 8) * 1e-4,
+                                    target_price=mid + sign * rng.randint(3, 8) * 1e-4))
+        if i == ticks // 2:
+            events.append(up.command("resume", at, reason="after the kill switch"))
+    return events
+
+
+def test_the_quiet_band_and_the_drawdown_ratio_change_no_output(up, monkeypatch):
+    """The engine's cheap tick tests decide nothing the exact checks would decide otherwise:
+    an engine whose every tick takes the exact path emits the same events, ends in the same
+    state and sees the same largest drawdown."""
+    settings = SETTINGS.model_copy(update={"max_drawdown": 0.004})
+    events = random_session(up)
+
+    def run() -> tuple[list[bytes], dict, dict]:
+        engine = Driven(settings)
+        out = [msgspec.json.encode(e) for event in events for e in engine(event)]
+        return out, engine.engine.snapshot(), engine.engine.summary()
+
+    fast = run()
+    nan_band = QuietBand(*[math.nan] * 4, until=NEVER)  # compares false: every tick checks every exit
+    monkeypatch.setattr(QuietBand, "of", classmethod(lambda cls, positions: nan_band))
+    monkeypatch.setattr(TradingEngine, "_ratio_without_alarm", lambda self: math.inf)  # every tick: the division
+    exact = run()
+    assert fast == exact
+    reasons = Counter(msgspec.json.decode(e)["reason"] for e in fast[0] if b'"PositionClosed"' in e)
+    assert {"stop-loss", "take-profit", "horizon", "reversal", "kill-switch"} <= set(reasons)
+    assert fast[2]["max_drawdown"] >= 0.004

@@ -1,14 +1,17 @@
 """The account: PnL after commissions, marks at bid (long) / ask (short), exposure, drawdown,
-the day's start equity, partial closes, exits and snapshots."""
+the day's start equity, partial closes, exits, the quiet band and snapshots."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import itertools
+import math
+
 import msgspec
 import pytest
 
-from tradepipe.trading.account import Account, Position
+from tradepipe.trading.account import NEVER, Account, Position, QuietBand
 
 UTC = timezone.utc
 T0 = datetime(2014, 5, 5, 10, 0, tzinfo=UTC)
@@ -96,6 +99,44 @@ def test_exits_in_order_stop_take_profit_horizon(side, bid, ask, at, expected):
 def test_stop_loss_wins_over_a_passed_horizon():
     p = position(stop_loss=1.0990, exit_at=T0)
     assert p.exit_reason(1.0980, 1.0982, T0 + timedelta(hours=1)) == "stop-loss"
+
+
+def in_band(band: QuietBand, bid: float, ask: float, at: datetime) -> bool:
+    return band.bid_above < bid < band.bid_below and band.ask_above < ask < band.ask_below and at < band.until
+
+
+def test_the_quiet_band_is_exactly_where_no_position_exits():
+    # two longs and two shorts on one symbol (a band is per symbol, sides mixed on purpose)
+    positions = [
+        position("L1", "BUY", stop_loss=1.0990, take_profit=1.1030, exit_at=T0 + timedelta(minutes=5)),
+        position("L2", "BUY", stop_loss=1.0985, exit_at=T0 + timedelta(minutes=3)),
+        position("S1", "SELL", stop_loss=1.1012, take_profit=1.0970),
+        position("S2", "SELL", stop_loss=1.1015, take_profit=1.0975),
+    ]
+    band = QuietBand.of(positions)
+    assert band == QuietBand(bid_above=1.0990, bid_below=1.1030, ask_above=1.0975, ask_below=1.1012,
+                             until=T0 + timedelta(minutes=3))
+    quotes = [1.0970, 1.0975, 1.0980, 1.0985, 1.0990, 1.0995, 1.1000, 1.1012, 1.1015, 1.1030, 1.1035, math.nan]
+    times = [T0, T0 + timedelta(minutes=3) - timedelta(microseconds=1), T0 + timedelta(minutes=3)]
+    for bid, ask, at in itertools.product(quotes, quotes, times):
+        no_exit = all(p.exit_reason(bid, ask, at) is None for p in positions)
+        # inside the band nothing exits; outside it (NaN aside: compared false, no exit) something does
+        assert in_band(band, bid, ask, at) == (no_exit and not math.isnan(bid) and not math.isnan(ask)), (bid, ask, at)
+
+
+def test_the_band_follows_opens_closes_and_restores():
+    account = Account(100_000.0)
+    assert account.quiet == {}
+    account.open(position("L1", stop_loss=1.0990))
+    assert account.quiet["EURUSD"] == QuietBand(1.0990, math.inf, -math.inf, math.inf, NEVER)
+    account.open(position("L2", stop_loss=1.0995, exit_at=T0 + timedelta(minutes=5)))
+    assert account.quiet["EURUSD"][0] == 1.0995 and account.quiet["EURUSD"].until == T0 + timedelta(minutes=5)
+    account.close("L2", 100_000.0, 1.1000, 0.0)
+    assert account.quiet["EURUSD"] == QuietBand(1.0990, math.inf, -math.inf, math.inf, NEVER)
+    restored = Account.from_snapshot(msgspec.json.decode(msgspec.json.encode(account.snapshot())))
+    assert restored.quiet == account.quiet
+    account.close("L1", 100_000.0, 1.1000, 0.0)
+    assert account.quiet == {} and account.by_symbol == {}
 
 
 def test_snapshot_survives_json_and_restores_the_same_account():

@@ -24,6 +24,14 @@ re-hashing everything from an edit on is only caught against a head hash kept el
 Writes are batched: appends share one write transaction, committed every ``commit_every``
 appends, on :meth:`AuditLog.flush` and on close, so the log does not sync per event. What was
 not committed when a process dies is appended again when its inputs are re-delivered.
+
+What an append reads back is kept in memory, so that a backtest's appends do not query the
+file: the digests of the chain events this log stored (:data:`DIGEST_MEMORY` of them, keyed by
+the UUID's int), and the latest :data:`RECENT_RECORDS` records this connection appended
+(:class:`RecentRecords`), which answer :meth:`AuditLog.events_of` and the duplicate check for
+every seq they cover. They cover the records after the head seen when the log was opened;
+whenever the head is found elsewhere than where this connection left it (another writer
+appended), they restart from that head, and anything older is read from the file.
 """
 
 from __future__ import annotations
@@ -31,7 +39,9 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Sequence
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -56,6 +66,7 @@ FEATURE_GROUPS = ("feature-engineering", "technical-analysis", "market-microstru
 ORDER_EVENT_TYPES = frozenset(
     ("OrderPlaced", "OrderExecuted", "OrderRejected", "OrderCancelled", "PositionClosed", "SagaCompleted"))
 DIGEST_MEMORY = 4096  # chain events whose stored digest is remembered, to skip re-encoding them
+RECENT_RECORDS = 20_000  # latest appended records kept in memory (events_of, duplicate check)
 
 _SCHEMA = """
 CREATE TABLE records (
@@ -185,6 +196,53 @@ class Explanation:
     missing: list[str] = field(default_factory=list)
 
 
+class RecentRecords:
+    """The events of every record with seq above ``after_seq`` (all of them: it is not a
+    sample), indexed as :meth:`AuditLog.records` selects them: by orderId and by positionId.
+    Past ``capacity`` records the oldest is forgotten and ``after_seq`` moves past it."""
+
+    __slots__ = ("capacity", "after_seq", "event_ids", "_by_id", "_order")
+
+    def __init__(self, capacity: int, after_seq: int) -> None:
+        self.capacity = capacity
+        self.after_seq = after_seq
+        self.event_ids: set[str] = set()
+        self._by_id: dict[str, list[Event]] = {}  # orderId or positionId -> events, seq order
+        self._order: deque[tuple[str, tuple[str, ...]]] = deque()  # (eventId, its index keys), seq order
+
+    def reset(self, after_seq: int) -> None:
+        """Forget everything: the records after ``after_seq`` are the next ones added."""
+        self.after_seq = after_seq
+        self.event_ids.clear()
+        self._by_id.clear()
+        self._order.clear()
+
+    def add(self, event_id: str, order_id: str, position_id: str, event: Event) -> None:
+        """The record after the last one added (seqs are consecutive)."""
+        keys = (order_id,) if position_id == order_id else (order_id, position_id)
+        by_id = self._by_id
+        for key in keys:
+            events = by_id.get(key)
+            if events is None:
+                by_id[key] = [event]
+            else:
+                events.append(event)
+        self.event_ids.add(event_id)
+        self._order.append((event_id, keys))
+        if len(self._order) > self.capacity:
+            old_id, old_keys = self._order.popleft()
+            self.event_ids.discard(old_id)
+            for key in old_keys:  # the oldest record is the first event of each of its keys
+                events = by_id[key]
+                del events[0]
+                if not events:
+                    del by_id[key]
+            self.after_seq += 1
+
+    def events(self, order_id: str) -> list[Event]:
+        return list(self._by_id.get(order_id, ()))
+
+
 class AuditLog:
     """The audit log file at ``path`` (created with ``create``, else it must exist)."""
 
@@ -205,8 +263,10 @@ class AuditLog:
             self._conn.close()
             raise
         self._pending = 0  # appends in the open transaction
-        self._head: tuple[int, str] = (0, GENESIS)  # (seq, hash) of the last record, read at BEGIN
-        self._digests: dict[str, str] = {}  # chain eventId -> digest of its stored JSON (bounded)
+        self._head: tuple[int, str] = self._read_head()  # (seq, hash) of the last record, as last seen
+        self._recent = RecentRecords(RECENT_RECORDS, after_seq=self._head[0])
+        # chain eventId (its UUID's int) -> (eventId text, digest of its stored JSON); bounded
+        self._digests: dict[int, tuple[str, str]] = {}
 
     def _open_schema(self) -> None:
         conn = self._conn
@@ -232,10 +292,10 @@ class AuditLog:
         the log already holds it. Commits every ``commit_every`` appends."""
         conn = self._begin()
         event_id = str(event.event_id)
-        if conn.execute("SELECT 1 FROM records WHERE event_id = ?", (event_id,)).fetchone():
+        if self._is_stored(event_id):
             return False
-        unique = {e.event_id: e for e in chain}.values()
-        links = [(str(e.event_id), self._stored_digest(conn, e)) for e in unique]
+        # deduplicated by the UUID's int: UUID.__hash__ is Python code, an int hashes in C
+        links = self._stored_links(conn, {e.event_id.int: e for e in chain}.values())
         order_id = getattr(event, "order_id", "") or getattr(event, "position_id", "")
         # an event without a positionId (rejected, cancelled, saga) takes its order's from the chain
         position_id = getattr(event, "position_id", "") or next(
@@ -248,6 +308,7 @@ class AuditLog:
         conn.execute(f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (*row, prev_hash, digest))
         self._head = (seq, digest)
+        self._recent.add(event_id, order_id, position_id, event)
         self._pending += 1
         if self._pending >= self.commit_every:
             self.flush()
@@ -257,25 +318,52 @@ class AuditLog:
         conn = self._conn
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")  # the write lock: the head read now stays the head
-            row = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-            self._head = row if row else (0, GENESIS)
+            self._sync_head()
         return conn
 
-    def _stored_digest(self, conn: sqlite3.Connection, event: Event) -> str:
-        """The digest of ``event``'s JSON as ``chain_events`` holds it (stored now if new)."""
-        event_id = str(event.event_id)
-        digest = self._digests.get(event_id)
-        if digest is not None:
-            return digest
-        data = self._codec.encode(event).decode()
-        if conn.execute("INSERT OR IGNORE INTO chain_events (event_id, event_json) VALUES (?, ?)",
-                        (event_id, data)).rowcount == 0:
-            data = conn.execute("SELECT event_json FROM chain_events WHERE event_id = ?", (event_id,)).fetchone()[0]
-        digest = sha256_hex(data)
-        if len(self._digests) >= DIGEST_MEMORY:
-            self._digests.clear()  # cheap bound; a miss only costs one re-encode
-        self._digests[event_id] = digest
-        return digest
+    def _read_head(self) -> tuple[int, str]:
+        row = self._conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        return row if row else (0, GENESIS)
+
+    def _sync_head(self) -> None:
+        """Read the head; if another writer moved it, the records in memory no longer cover
+        every seq after theirs: start them again from the new head."""
+        head = self._read_head()
+        if head != self._head:
+            self._head = head
+            self._recent.reset(after_seq=head[0])
+
+    def _is_stored(self, event_id: str) -> bool:
+        """Whether a record holds ``event_id`` (inside the write transaction)."""
+        if event_id in self._recent.event_ids:
+            return True
+        if self._recent.after_seq == 0:  # the memory covers every record
+            return False
+        return self._conn.execute("SELECT 1 FROM records WHERE event_id = ?", (event_id,)).fetchone() is not None
+
+    def _stored_links(self, conn: sqlite3.Connection, events: Iterable[Event]) -> list[tuple[str, str]]:
+        """``[eventId, digest of the JSON chain_events holds]`` of each of ``events``, storing
+        the new ones (one batched insert)."""
+        digests, encode = self._digests, self._codec.encode
+        links: list[tuple[str, str] | None] = []
+        new: list[tuple[int, uuid.UUID, str, str]] = []  # (index in links, id, its text, JSON)
+        for event in events:
+            known = digests.get(event.event_id.int)
+            if known is None:
+                new.append((len(links), event.event_id, str(event.event_id), encode(event).decode()))
+            links.append(known)
+        if new:
+            inserted = conn.executemany("INSERT OR IGNORE INTO chain_events (event_id, event_json) VALUES (?, ?)",
+                                        [(event_id, data) for _, _, event_id, data in new]).rowcount
+            if len(digests) + len(new) > DIGEST_MEMORY:
+                digests.clear()  # cheap bound; a miss only costs one re-encode
+            for index, uid, event_id, data in new:
+                if inserted != len(new):  # some were stored before: their digest is of the stored JSON
+                    data = conn.execute("SELECT event_json FROM chain_events WHERE event_id = ?",
+                                        (event_id,)).fetchone()[0]
+                links[index] = (event_id, sha256_hex(data))
+                digests[uid.int] = links[index]
+        return links  # type: ignore[return-value]  # every None was replaced
 
     def flush(self) -> None:
         """Commit the appends not committed yet."""
@@ -317,8 +405,17 @@ class AuditLog:
         return self._codec.decode(record.event_json.encode())
 
     def events_of(self, order_id: str) -> list[Event]:
-        """The decoded events of :meth:`records`."""
-        return [self.event(r) for r in self.records(order_id)]
+        """The events of :meth:`records` (decoded, or as appended if still in memory)."""
+        if not self._conn.in_transaction:  # outside our write lock another writer may have appended
+            self._sync_head()
+        recent = self._recent
+        if recent.after_seq == 0:
+            return recent.events(order_id)
+        rows = self._conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE (order_id = ?1 OR position_id = ?1) AND seq <= ?2 ORDER BY seq",
+            (order_id, recent.after_seq),
+        ).fetchall()
+        return [self.event(AuditRecord(*row)) for row in rows] + recent.events(order_id)
 
     def chain(self, record: AuditRecord) -> list[Event | None]:
         """``record``'s chain events, decoded, in causal order (None for one not stored)."""

@@ -187,8 +187,9 @@ class PerformanceAnalytics(Service):
         self.last_time = now
         cls = type(event)
         if cls is MarketDataReceived:
-            if event.symbol in self.quotes:
-                self.quotes[event.symbol] = event.data
+            quotes, symbol = self.quotes, event.symbol
+            if symbol in quotes:
+                quotes[symbol] = event.data
         elif cls is BarClosed:
             self._resolve(event)
         elif cls is PredictionGenerated:

@@ -6,7 +6,8 @@ The trail watches the whole decision path and keeps the recent upstream events i
 derived from it: bar, features, predictions, signal, verdict, order). The cache holds at most
 ``cache_events`` events in all and evicts the oldest correlations first. Every tick goes in
 (it is the root of its own correlation, and an exit is caused by an arbitrary later tick), so
-the tick path is one dict insert and one deque append, nothing more.
+the tick path is one dict insert and one deque append, and the eviction of the oldest tick,
+nothing more; a correlation of one event (most ticks) holds it bare, without a list around it.
 
 On each order event the chain is resolved and appended to the :class:`AuditLog`:
 
@@ -57,28 +58,37 @@ class CausalCache:
         self.capacity = capacity
         self.size = 0
         # Keyed by the UUID's int: UUID.__hash__ is Python code, an int hashes in C (this runs per tick).
-        self._by_correlation: dict[int, list[Event]] = {}
+        # A correlation's events: the event itself while it is the only one (no list to make
+        # and free for each tick), else the list of them.
+        self._by_correlation: dict[int, Event | list[Event]] = {}
         self._arrival: deque[int] = deque()  # correlations, oldest first
 
     def add(self, event: Event) -> None:
         key = (event.correlation_id or event.event_id).int
-        events = self._by_correlation.get(key)
+        by_correlation = self._by_correlation
+        events = by_correlation.get(key)
         if events is None:
-            self._by_correlation[key] = [event]
+            by_correlation[key] = event
             self._arrival.append(key)
-        else:
+        elif type(events) is list:
             events.append(event)
+        else:
+            by_correlation[key] = [events, event]
         self.size += 1
         while self.size > self.capacity:
-            self.size -= len(self._by_correlation.pop(self._arrival.popleft()))
+            evicted = by_correlation.pop(self._arrival.popleft())
+            self.size -= len(evicted) if type(evicted) is list else 1
 
     def correlation(self, correlation_id: uuid.UUID) -> list[Event]:
         """The cached events of ``correlation_id``, in arrival order."""
-        return self._by_correlation.get(correlation_id.int, [])
+        events = self._by_correlation.get(correlation_id.int)
+        if events is None:
+            return []
+        return events if type(events) is list else [events]
 
     def tick(self, event_id: uuid.UUID | None) -> MarketDataReceived | None:
         """The tick ``event_id`` if still cached (a tick roots its own correlation)."""
-        events = self._by_correlation.get(event_id.int) if event_id is not None else None
+        events = self.correlation(event_id) if event_id is not None else None
         first = events[0] if events else None
         return first if type(first) is MarketDataReceived and first.event_id == event_id else None
 

@@ -9,6 +9,12 @@ all. With open positions it checks each position's exits on this tick (stop-loss
 take-profit, then the horizon), marks the account and checks the kill switch: a drawdown from
 peak equity of ``max_drawdown`` or more halts trading (TradingStateChanged HALTED and a
 critical AlertRaised) and, with ``flatten_on_halt``, closes every position ("kill-switch").
+Both checks have a cheap first test that decides most ticks alone: a tick inside the symbol's
+:class:`~tradepipe.trading.account.QuietBand`, in the current day, triggers no exit and rolls
+no day; and equity at or above ``peak x _quiet_ratio`` is too close to the peak for a new
+largest drawdown or the kill switch (the ratio carries a 1e-12 margin, far above rounding, so
+the test never skips a tick the exact division would have flagged). Any other tick takes the
+exact path.
 
 **Signals** (SignalValidated): the order id is ``"ord-"`` + 16 hex digits of a BLAKE2b of the
 signal's eventId, so re-handling the signal after a restart gives the same id. The entry is
@@ -103,6 +109,7 @@ class TradingEngine(Service):
         self.halted: str | None = None  # why trading is halted, None when ACTIVE
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.max_drawdown_seen = 0.0
+        self._quiet_ratio = self._ratio_without_alarm()
         self._handlers: dict[type, Callable[[Any, Context], list[Event]]] = {
             SignalValidated: self._on_signal,
             TradingCommand: self._on_command,
@@ -119,13 +126,28 @@ class TradingEngine(Service):
             tick = event.data
             symbol = event.symbol
             self.quotes[symbol] = tick
-            if symbol not in self.account.by_symbol:
+            account = self.account
+            band = account.quiet.get(symbol)
+            if band is None:  # no open position
                 return NOTHING
-            return self._on_tick_with_positions(event, symbol, tick, ctx)
+            bid, ask, now = tick.bid, tick.ask, tick.timestamp
+            bid_above, bid_below, ask_above, ask_below, until = band
+            if not (bid_above < bid < bid_below and ask_above < ask < ask_below and now < until
+                    and now < account.next_day):
+                return self._on_tick_with_positions(event, symbol, tick, ctx)
+            equity = account.mark(symbol, bid, ask)
+            if equity >= account.peak_equity * self._quiet_ratio:
+                return NOTHING
+            return self._check_kill_switch(equity, event, ctx) or NOTHING
         handler = self._handlers.get(type(event))
         return handler(event, ctx) if handler is not None else NOTHING
 
     # -- ticks ----------------------------------------------------------------------------
+    def _ratio_without_alarm(self) -> float:
+        """The share of peak equity at or above which equity is neither a new largest
+        drawdown nor a kill-switch trip (see the module docstring)."""
+        return 1.0 - min(self.max_drawdown_seen, self.settings.max_drawdown) + 1e-12
+
     def _on_tick_with_positions(self, event: Event, symbol: str, tick: TickData,
                                 ctx: Context) -> Iterable[Event]:
         account = self.account
@@ -146,6 +168,7 @@ class TradingEngine(Service):
         drawdown = (account.peak_equity - equity) / account.peak_equity
         if drawdown > self.max_drawdown_seen:
             self.max_drawdown_seen = drawdown
+            self._quiet_ratio = self._ratio_without_alarm()
         limit = self.settings.max_drawdown
         if drawdown < limit or self.halted is not None:
             return None
@@ -298,6 +321,7 @@ class TradingEngine(Service):
         except ConfigError as exc:
             return [ctx.emit(AlertRaised, rule="configuration", severity="warning", message=str(exc))]
         self.settings = settings
+        self._quiet_ratio = self._ratio_without_alarm()
         if self._paper_from_settings:
             self.broker = self._paper_broker(settings)
         return []
@@ -328,6 +352,7 @@ class TradingEngine(Service):
         self.halted = state["halted"]
         self.counters = {**dict.fromkeys(COUNTERS, 0), **state["counters"]}
         self.max_drawdown_seen = state["max_drawdown_seen"]
+        self._quiet_ratio = self._ratio_without_alarm()
         self.broker.restore(state["broker"])
 
 

@@ -12,7 +12,12 @@ them first). The :class:`Account` keeps:
 * gross exposure = sum of |units| x mark price over open positions;
 * the equity at the start of the current UTC day, for the daily loss limit: the day is rolled
   (``roll_day``) before the first change of equity of a new day, so the start is the equity at
-  midnight.
+  midnight;
+* per symbol with open positions, its :class:`QuietBand`: the quotes and times at which none
+  of them can exit. Most ticks of a backtest fall inside it, so the trading engine only marks
+  them to market instead of asking every position for its exit (see ``Position.exit_reason``,
+  which the band mirrors; positions' stops, targets and deadlines never change, so the band is
+  rebuilt only when a position opens or goes).
 
 **One currency.** Prices and PnL are in each symbol's quote currency and the account adds
 them up as if they were one. That is right for the XXXUSD pairs shipped (EURUSD, NZDUSD: PnL
@@ -21,9 +26,10 @@ in USD); a USDJPY or cross position would need converting to the account currenc
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime, time, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -33,6 +39,8 @@ UTC = timezone.utc
 ONE_DAY = timedelta(days=1)
 #: before any event: the first roll_day always starts a day
 BEFORE_ANY_DAY = datetime.min.replace(tzinfo=UTC)
+#: the deadline of positions without a horizon
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 class Position(msgspec.Struct, kw_only=True):
@@ -75,6 +83,31 @@ class Position(msgspec.Struct, kw_only=True):
         return None
 
 
+class QuietBand(NamedTuple):
+    """Where no open position of a symbol exits: a quote with ``bid_above < bid < bid_below``,
+    ``ask_above < ask < ask_below`` at a time before ``until`` triggers none of their exits.
+    Bounds without a position to set them are infinite. A NaN anywhere makes a comparison
+    false, which only sends the tick to the exact per-position check."""
+
+    bid_above: float  # the highest stop of the longs (a long exits at bid <= stop)
+    bid_below: float  # the lowest target of the longs (bid >= target)
+    ask_above: float  # the highest target of the shorts (ask <= target)
+    ask_below: float  # the lowest stop of the shorts (ask >= stop)
+    until: datetime  # the earliest horizon deadline (now >= exit_at)
+
+    @classmethod
+    def of(cls, positions: list[Position]) -> QuietBand:
+        longs = [p for p in positions if p.side == "BUY"]
+        shorts = [p for p in positions if p.side != "BUY"]  # exit_reason's "else"
+        return cls(
+            bid_above=max((p.stop_loss for p in longs if p.stop_loss is not None), default=-math.inf),
+            bid_below=min((p.take_profit for p in longs if p.take_profit is not None), default=math.inf),
+            ask_above=max((p.take_profit for p in shorts if p.take_profit is not None), default=-math.inf),
+            ask_below=min((p.stop_loss for p in shorts if p.stop_loss is not None), default=math.inf),
+            until=min((p.exit_at for p in positions if p.exit_at is not None), default=NEVER),
+        )
+
+
 class Account:
     """Equity, PnL, exposure and drawdown over the open positions."""
 
@@ -83,6 +116,7 @@ class Account:
         self.realized_pnl = 0.0
         self.positions: dict[str, Position] = {}  # position_id -> position, in opening order
         self.by_symbol: dict[str, list[Position]] = {}  # only symbols with open positions
+        self.quiet: dict[str, QuietBand] = {}  # the same symbols: where none of their positions exits
         self.bids: dict[str, float] = {}  # last marks
         self.asks: dict[str, float] = {}
         self.unrealized: dict[str, float] = {}  # symbol -> unrealized PnL at the last mark
@@ -124,7 +158,8 @@ class Account:
         for p in self.by_symbol.get(symbol, ()):
             unrealized += (bid - p.entry_price) * p.units if p.side == "BUY" else (p.entry_price - ask) * p.units
         self.unrealized[symbol] = unrealized
-        equity = self.equity
+        # ``equity`` written out: this runs on every tick of a symbol with a position
+        equity = self.initial_equity + self.realized_pnl + sum(self.unrealized.values())
         if equity > self.peak_equity:
             self.peak_equity = equity
         return equity
@@ -146,8 +181,13 @@ class Account:
     def open(self, position: Position) -> None:
         """Book a filled opening order (its commission is paid now)."""
         self.positions[position.position_id] = position
-        self.by_symbol.setdefault(position.symbol, []).append(position)
+        self._add_to_symbol(position)
         self.realized_pnl -= position.commission
+
+    def _add_to_symbol(self, position: Position) -> None:
+        same_symbol = self.by_symbol.setdefault(position.symbol, [])
+        same_symbol.append(position)
+        self.quiet[position.symbol] = QuietBand.of(same_symbol)
 
     def close(self, position_id: str, units: float, price: float, commission: float) -> float:
         """Book the close of ``units`` of a position at ``price`` paying ``commission``; the
@@ -165,8 +205,10 @@ class Account:
             del self.positions[position_id]
             same_symbol = self.by_symbol[p.symbol]
             same_symbol.remove(p)
-            if not same_symbol:
-                del self.by_symbol[p.symbol]
+            if same_symbol:
+                self.quiet[p.symbol] = QuietBand.of(same_symbol)
+            else:
+                del self.by_symbol[p.symbol], self.quiet[p.symbol]
         if p.symbol in self.bids:
             self.mark(p.symbol, self.bids[p.symbol], self.asks[p.symbol])
         return price_pnl - opening_commission - commission
@@ -191,7 +233,7 @@ class Account:
         account.realized_pnl = state["realized_pnl"]
         for p in msgspec.convert(state["positions"], list[Position]):
             account.positions[p.position_id] = p
-            account.by_symbol.setdefault(p.symbol, []).append(p)
+            account._add_to_symbol(p)
         account.bids = dict(state["bids"])
         account.asks = dict(state["asks"])
         account.unrealized = dict(state["unrealized"])
@@ -201,4 +243,4 @@ class Account:
         return account
 
 
-__all__ = ["Account", "Position"]
+__all__ = ["Account", "Position", "QuietBand"]
