@@ -396,3 +396,40 @@ def test_the_quiet_band_and_the_drawdown_ratio_change_no_output(up, monkeypatch)
     reasons = Counter(msgspec.json.decode(e)["reason"] for e in fast[0] if b'"PositionClosed"' in e)
     assert {"stop-loss", "take-profit", "horizon", "reversal", "kill-switch"} <= set(reasons)
     assert fast[2]["max_drawdown"] >= 0.004
+
+
+def test_resume_while_active_moves_no_peak_and_a_halt_keeps_the_kill_switchs_reason(up):
+    engine = Driven(TradingSettings(sizing="fixed", fixed_units=200_000, max_order_units=1_000_000,
+                                    max_drawdown=0.01, flatten_on_halt=False))
+    tick, _, _ = open_long(up, engine, stop_loss=1.0500)
+    engine(up.tick(1.0990, 1.0992, T0 + MINUTE))  # 0.2 % down: the peak stays at 100,000
+    (answer,) = engine(up.command("resume", T0 + MINUTE))
+    assert (answer.state, answer.reason) == ("ACTIVE", "resume ignored: trading is not halted")
+    assert engine.engine.account.peak_equity == 100_000 and engine.engine.counters["unmatched_commands"] == 1
+    tripped = engine(up.tick(1.0940, 1.0942, T0 + 2 * MINUTE))
+    assert types(tripped) == ["TradingStateChanged", "AlertRaised"]  # no flatten when told so
+    (halted,) = engine(up.command("halt", T0 + 3 * MINUTE, reason="operator"))
+    assert halted.reason == tripped[0].reason and halted.reason.startswith("kill switch")
+
+
+def test_the_daily_loss_limit_refuses_orders_until_the_next_utc_day(up):
+    engine = Driven(TradingSettings(sizing="fixed", fixed_units=200_000, max_order_units=1_000_000,
+                                    max_daily_loss=0.005, max_drawdown=0.5, commission_per_million=0.0,
+                                    slippage_bps=0.0))
+    tick, _, _ = open_long(up, engine, stop_loss=1.0500)
+    loss = up.tick(1.0970, 1.0972, T0 + MINUTE)  # -640 on 200,000: beyond 0.5 % of the day's 100,000
+    engine(loss)
+    (refused,) = engine(up.signal("BUY", loss))
+    assert refused.reason.startswith("risk: daily loss limit reached: equity 99,360.00 is at or below 99,500.00")
+    midnight = datetime(2014, 5, 6, 0, 0, 5, tzinfo=UTC)
+    tomorrow = up.tick(1.0970, 1.0972, midnight)
+    assert types(engine(tomorrow))[-1] == "PositionClosed"  # its horizon passed overnight
+    assert types(engine(up.signal("BUY", tomorrow))) == ["OrderPlaced", "OrderExecuted"]  # a new day, a new limit
+    assert engine.engine.account.day_start_equity == pytest.approx(99_360.0)
+
+
+def test_settings_a_running_account_cannot_take_are_refused_live(up):
+    engine = Driven()
+    (alert,) = engine(up.configure(T0, **{"trading.broker": "mt5", "trading.fixed_units": 5_000}))
+    assert alert.rule == "configuration" and "trading.broker cannot change while the account is running" in alert.message
+    assert engine.engine.settings == SETTINGS and engine.engine.broker.name == "paper"

@@ -4,7 +4,7 @@ position tickets for closing orders, and the engine's view of a broker refusal."
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sources import mt5_standin
@@ -150,3 +150,83 @@ def test_the_engine_reports_a_broker_refusal_and_opens_nothing():
     assert rejected.reason == "broker: TRADE_RETCODE_MARKET_CLOSED (10018): Market closed"
     assert (rejected.order_id, rejected.correlation_id) == (placed.order_id, tick.event_id)
     assert engine.account.positions == {} and engine.counters["rejected_by_broker"] == 1
+
+
+class EngineOnMt5:
+    """The trading engine on the MT5 broker and the stand-in terminal, fed hand-built ticks."""
+
+    def __init__(self, **settings) -> None:
+        self.engine = TradingEngine(TradingSettings(broker="mt5", sizing="fixed", fixed_units=100_000, **settings),
+                                    broker(), exit_after_bars=1)
+        self.source, self.ctx, self.n = Context("test"), Context(self.engine.name), 0
+
+    def _root(self) -> None:
+        self.n += 1
+        self.source.begin(None, key=b"root-%d" % self.n)
+
+    def tick(self, seconds: float) -> list:
+        self._root()
+        at = QUOTE.time + timedelta(seconds=seconds)
+        event = self.source.emit(MarketDataReceived, symbol="EURUSD", source="mt5", timestamp=at,
+                                 data=TickData(bid=LAST.bid, ask=LAST.ask, timestamp=at))
+        self.last_tick = event
+        return self.handle(event)
+
+    def signal(self, direction: str) -> list:
+        self._root()
+        at = self.last_tick.timestamp
+        return self.handle(self.source.emit(
+            SignalValidated, symbol="EURUSD", signal_id=self.last_tick.event_id, direction=direction, confidence=0.7,
+            timeframe="1m", bar_time=at - timedelta(minutes=1), timestamp=at, correlation_id=self.last_tick.event_id))
+
+    def handle(self, event) -> list:
+        self.ctx.begin(event)
+        return list(self.engine.handle(event, self.ctx))
+
+
+def kinds(events) -> list[str]:
+    return [e.type for e in events]
+
+
+def test_a_refused_close_alerts_once_and_is_retried_with_backoff_not_on_every_tick():
+    run = EngineOnMt5()
+    run.tick(0)
+    assert kinds(run.signal("BUY")) == ["OrderPlaced", "OrderExecuted"]
+    for _ in range(3):
+        mt5_standin.script_retcode(mt5_standin.TRADE_RETCODE_MARKET_CLOSED)
+    first = run.tick(60)  # the horizon (1 bar after the fill): the close is refused
+    assert kinds(first) == ["OrderPlaced", "OrderRejected", "AlertRaised"]
+    assert first[2].rule == "close_refused" and first[2].severity == "critical" and "Market closed" in first[2].message
+    assert all(run.tick(60 + s) == [] for s in (0.2, 0.5, 0.9))  # waits 1 s, not a close per tick
+    assert kinds(run.tick(61)) == ["OrderPlaced", "OrderRejected"]  # retried, refused again, no second alert
+    assert run.tick(63) == [] and kinds(run.tick(66)) == ["OrderPlaced", "OrderRejected"]  # then after 5 s
+    closed = run.tick(96)  # after 30 s: the broker takes it
+    assert kinds(closed) == ["OrderPlaced", "OrderExecuted", "PositionClosed"] and closed[2].reason == "horizon"
+    assert run.engine.close_retry == {} and run.engine.account.positions == {}
+
+
+def test_a_refused_reversal_close_refuses_the_entry_so_one_side_is_held():
+    run = EngineOnMt5()
+    run.tick(0)
+    run.signal("BUY")
+    run.tick(1)
+    mt5_standin.script_retcode(mt5_standin.TRADE_RETCODE_REJECT)
+    out = run.signal("SELL")
+    assert kinds(out) == ["OrderPlaced", "OrderRejected", "AlertRaised", "OrderRejected"]
+    assert out[0].reason == "reversal" and out[3].reason == "risk: reversal close refused: EURUSD still holds 100,000 units BUY"
+    assert {p.side for p in run.engine.account.positions.values()} == {"BUY"}
+
+
+def test_the_horizon_counts_from_the_fill_after_a_gap():
+    run = EngineOnMt5()
+    run.tick(0)
+    signal_bar_end = run.last_tick.timestamp
+    run.tick(3600)  # the first tick after a quiet hour fills a signal made on the bar before it
+    run._root()
+    out = run.handle(run.source.emit(
+        SignalValidated, symbol="EURUSD", signal_id=run.last_tick.event_id, direction="BUY", confidence=0.7,
+        timeframe="1m", bar_time=signal_bar_end - timedelta(minutes=1), timestamp=run.last_tick.timestamp,
+        correlation_id=run.last_tick.event_id))
+    assert kinds(out) == ["OrderPlaced", "OrderExecuted"]
+    assert run.tick(3601) == []  # not closed on the next tick
+    assert kinds(run.tick(3660))[-1] == "PositionClosed"  # one bar after the fill

@@ -22,20 +22,27 @@ the last quote's ask (buy) or bid (sell); the stop and target come from the sign
 :mod:`tradepipe.trading.risk`), the size from the sizing rule, then the risk checks. A refusal
 is an OrderRejected ``"risk: ..."`` and nothing else. Otherwise open positions on the other
 side of the symbol are closed first ("reversal"), then OrderPlaced, the broker's fill
-(OrderExecuted, the position opens) or refusal (OrderRejected ``"broker: ..."``). A position
-exits at its horizon: ``exit_after_bars`` bars of the signal's timeframe after the signal's bar
-closed, the same horizon the models' labels look at.
+(OrderExecuted, the position opens) or refusal (OrderRejected ``"broker: ..."``). When the
+broker refuses a reversal's close, the entry is refused too ("risk: reversal close refused"):
+a symbol never holds both sides. A position exits at its horizon: ``exit_after_bars`` bars of
+the signal's timeframe after its fill (the horizon the models' labels look at, counted from
+the fill so that an entry on the first tick after a gap is not closed at once).
 
 **Exits** are market orders like any other (OrderPlaced, OrderExecuted, then PositionClosed
 with the PnL after both legs' commissions) with the correlationId of the signal that opened
-the position; their order ids hash the event that caused them with the position id.
+the position; their order ids hash the event that caused them with the position id. A close
+the broker refuses (market closed, the position already gone) is not re-sent on every tick:
+the first refusal raises a critical AlertRaised, and the exit is retried after 1 s, 5 s,
+30 s, then every 60 s of event time.
 
-**Commands** (TradingCommand): ``halt`` (no flatten), ``resume`` (the peak equity restarts at
-the current equity, or the kill switch would trip again at once), ``cancel`` (a pending order
+**Commands** (TradingCommand): ``halt`` (no flatten; a halt keeps the first reason, e.g. the
+kill switch's), ``resume`` (the peak equity restarts at the current equity, or the kill switch
+would trip again at once; a resume while trading is active changes nothing), ``cancel`` (a pending order
 at the broker; OrderCancelled only when one was cancelled) and ``flatten`` (close the position
 an order opened: a saga's compensation). A command naming no known order is counted and
 ignored. **ConfigurationUpdated** ``trading.*`` keys replace the settings, all or nothing; a
-bad update raises a warning alert and the old settings stay.
+bad update, or one of ``initial_equity`` or ``broker`` (which cannot change under a running
+account), raises a warning alert and the old settings stay.
 
 **State** (snapshot/restore): the account and its positions, the last quote per symbol, the
 halt reason, the counters, the settings as live updates left them (a restarted engine keeps
@@ -85,6 +92,13 @@ COUNTERS = (
 )
 
 
+#: event-time waits before re-sending a close the broker refused (the last one repeats)
+CLOSE_RETRY_S = (1, 5, 30, 60)
+KILL_SWITCH = "kill switch"
+#: settings a running account cannot take live
+NOT_LIVE = ("trading.initial_equity", "trading.broker")
+
+
 def order_id_for(*causes: bytes) -> str:
     """A deterministic order id from what caused the order."""
     return "ord-" + hashlib.blake2b(b"|".join(causes), digest_size=8).hexdigest()
@@ -109,6 +123,8 @@ class TradingEngine(Service):
         self.halted: str | None = None  # why trading is halted, None when ACTIVE
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.max_drawdown_seen = 0.0
+        # position id -> (no exit order before this time, closes refused so far)
+        self.close_retry: dict[str, tuple[datetime, int]] = {}
         self._quiet_ratio = self._ratio_without_alarm()
         self._handlers: dict[type, Callable[[Any, Context], list[Event]]] = {
             SignalValidated: self._on_signal,
@@ -133,7 +149,7 @@ class TradingEngine(Service):
             bid, ask, now = tick.bid, tick.ask, tick.timestamp
             bid_above, bid_below, ask_above, ask_below, until = band
             if not (bid_above < bid < bid_below and ask_above < ask < ask_below and now < until
-                    and now < account.next_day):
+                    and now < account.next_day) or self.close_retry:
                 return self._on_tick_with_positions(event, symbol, tick, ctx)
             equity = account.mark(symbol, bid, ask)
             if equity >= account.peak_equity * self._quiet_ratio:
@@ -154,13 +170,21 @@ class TradingEngine(Service):
         now, bid, ask = tick.timestamp, tick.bid, tick.ask
         if now >= account.next_day:
             account.roll_day(now)
+        # a kill switch's flatten the broker refused is retried like any refused exit
+        flattening = "kill-switch" if self.halted and self.halted.startswith(KILL_SWITCH) and \
+            self.settings.flatten_on_halt else None
         exits = [(p, reason) for p in account.by_symbol[symbol]
-                 if (reason := p.exit_reason(bid, ask, now)) is not None]
+                 if (reason := p.exit_reason(bid, ask, now) or flattening) is not None and self._may_close(p, now)]
         out = [e for p, reason in exits for e in self._close(p, reason, event, ctx)] if exits else None
         alarm = self._check_kill_switch(account.mark(symbol, bid, ask), event, ctx)
         if alarm:
             return out + alarm if out else alarm
         return out or NOTHING
+
+    def _may_close(self, position: Position, now: datetime) -> bool:
+        """False while a close the broker refused waits for its retry."""
+        retry = self.close_retry.get(position.position_id)
+        return retry is None or now >= retry[0]
 
     def _check_kill_switch(self, equity: float, cause: Event, ctx: Context) -> list[Event] | None:
         """Halt (and flatten) when the drawdown of ``equity`` from the peak reaches the limit."""
@@ -172,7 +196,7 @@ class TradingEngine(Service):
         limit = self.settings.max_drawdown
         if drawdown < limit or self.halted is not None:
             return None
-        self.halted = (f"kill switch: drawdown {drawdown:.2%} of peak equity {account.peak_equity:,.2f} "
+        self.halted = (f"{KILL_SWITCH}: drawdown {drawdown:.2%} of peak equity {account.peak_equity:,.2f} "
                        f"reached the limit {limit:.2%} (equity {equity:,.2f})")
         out: list[Event] = [
             ctx.emit(TradingStateChanged, state="HALTED", reason=self.halted, equity=equity, drawdown=drawdown),
@@ -209,6 +233,10 @@ class TradingEngine(Service):
         out: list[Event] = []
         for position in [p for p in account.by_symbol.get(symbol, ()) if p.side != side]:
             out += self._close(position, "reversal", signal, ctx)
+        if any(p.side != side for p in account.by_symbol.get(symbol, ())):
+            # a close was refused: opening now would hold both sides of the symbol
+            return out + self._refuse(ctx, order_id, f"reversal close refused: {symbol} still holds "
+                                                     f"{account.open_units(symbol, OPPOSITE[side]):,.0f} units {OPPOSITE[side]}")
         target = profit_target(side, entry, signal.target_price)
         placed = ctx.emit(OrderPlaced, order_id=order_id, side=side, volume=units, price=entry, stop_loss=stop,
                           take_profit=target, broker=self.broker.name, position_id=order_id, reason="signal")
@@ -234,8 +262,10 @@ class TradingEngine(Service):
         return out
 
     def _exit_at(self, signal: SignalValidated, ctx: Context) -> datetime | None:
-        """The horizon deadline: ``exit_after_bars`` bars after the signal's bar closed (the
-        models' label compares that bar's close with the close ``horizon`` bars later)."""
+        """The horizon deadline: ``exit_after_bars`` bars of the signal's timeframe after the
+        fill. Normally the fill is on the tick that closed the signal's bar, so this is the
+        close the models' label compares with; after a gap (a weekend), counting from the bar
+        would close the position on its next tick."""
         bars = self.settings.exit_after_bars or self.horizon_bars
         if bars is None:
             return None
@@ -243,9 +273,7 @@ class TradingEngine(Service):
             bar = timedelta(milliseconds=timeframe_ms(signal.timeframe or DEFAULT_TIMEFRAME))
         except ValueError:
             bar = timedelta(milliseconds=timeframe_ms(DEFAULT_TIMEFRAME))
-        if signal.bar_time is None:
-            return ctx.now() + bar * bars
-        return signal.bar_time + bar * (bars + 1)
+        return ctx.now() + bar * bars
 
     def _refuse(self, ctx: Context, order_id: str, reason: str) -> list[Event]:
         self.counters["rejected_by_risk"] += 1
@@ -272,7 +300,8 @@ class TradingEngine(Service):
                                position_id=position_id, closes=True)
         result = self.broker.submit(request, Quote(bid=tick.bid, ask=tick.ask, time=tick.timestamp))
         if isinstance(result, BrokerRejection):
-            return [placed, self._broker_refused(ctx, placed, result)]
+            return [placed, self._broker_refused(ctx, placed, result), *self._close_refused(position, result, ctx)]
+        self.close_retry.pop(position_id, None)
         self.counters["fills"] += 1
         units = min(result.units, position.units)
         executed = ctx.emit(OrderExecuted, order_id=order_id, side=side, volume=units, price=result.price,
@@ -287,13 +316,29 @@ class TradingEngine(Service):
                           correlation_id=position.correlation_id, causation_id=executed.event_id)
         return [placed, executed, closed]
 
+    def _close_refused(self, position: Position, rejection: BrokerRejection, ctx: Context) -> list[Event]:
+        """Wait before trying this close again; tell a human the first time."""
+        _, refusals = self.close_retry.get(position.position_id, (None, 0))
+        wait = CLOSE_RETRY_S[min(refusals, len(CLOSE_RETRY_S) - 1)]
+        self.close_retry[position.position_id] = (ctx.now() + timedelta(seconds=wait), refusals + 1)
+        if refusals:
+            return []
+        return [ctx.emit(AlertRaised, rule="close_refused", severity="critical",
+                         message=f"the broker refused to close {position.symbol} position {position.position_id} "
+                                 f"({rejection.reason}); retrying after {', '.join(map(str, CLOSE_RETRY_S))} s",
+                         symbol=position.symbol, correlation_id=position.correlation_id)]
+
     # -- commands and configuration -------------------------------------------------------
     def _on_command(self, command: TradingCommand, ctx: Context) -> list[Event]:
         account = self.account
         if command.command == "halt":
-            self.halted = f"manual halt: {command.reason}" if command.reason else "manual halt"
+            if self.halted is None:  # an earlier halt's reason (the kill switch's) stays
+                self.halted = f"manual halt: {command.reason}" if command.reason else "manual halt"
             return [self._state_changed(ctx, "HALTED", self.halted)]
         if command.command == "resume":
+            if self.halted is None:  # answered, but the peak stays: the kill switch keeps its distance
+                self.counters["unmatched_commands"] += 1
+                return [self._state_changed(ctx, "ACTIVE", "resume ignored: trading is not halted")]
             self.halted = None
             account.reset_peak()
             reason = f"manual resume: {command.reason}" if command.reason else "manual resume"
@@ -316,6 +361,11 @@ class TradingEngine(Service):
                         drawdown=self.account.drawdown)
 
     def _on_configuration(self, update: ConfigurationUpdated, ctx: Context) -> list[Event]:
+        frozen = [key for key in NOT_LIVE if key in update.changes]
+        if frozen:
+            return [ctx.emit(AlertRaised, rule="configuration", severity="warning",
+                             message=f"configuration update refused: {', '.join(frozen)} cannot change while "
+                                     "the account is running; restart with the new setting")]
         try:
             settings = apply_changes(self.settings, "trading", update.changes)
         except ConfigError as exc:
@@ -340,6 +390,7 @@ class TradingEngine(Service):
             "halted": self.halted,
             "counters": dict(self.counters),
             "max_drawdown_seen": self.max_drawdown_seen,
+            "close_retry": {pid: [at.isoformat(), refusals] for pid, (at, refusals) in self.close_retry.items()},
             "broker": self.broker.snapshot(),
         }
 
@@ -352,6 +403,8 @@ class TradingEngine(Service):
         self.halted = state["halted"]
         self.counters = {**dict.fromkeys(COUNTERS, 0), **state["counters"]}
         self.max_drawdown_seen = state["max_drawdown_seen"]
+        self.close_retry = {pid: (datetime.fromisoformat(at), refusals)
+                            for pid, (at, refusals) in state.get("close_retry", {}).items()}
         self._quiet_ratio = self._ratio_without_alarm()
         self.broker.restore(state["broker"])
 
