@@ -17,7 +17,6 @@ Strategies (what makes the signals):
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from tradepipe.events.codec import get_codec
 from tradepipe.events.envelope import Event, utc_from_ms
 from tradepipe.events.types import BarClosed, OrderPlaced
 from tradepipe.features.bars import TIMEFRAMES
+from tradepipe.models.dataset import file_sha256
 from tradepipe.models.registry import ModelCard, ModelRegistry
 from tradepipe.read.audit_log import AuditLog
 from tradepipe.runtime.kernel import InProcessPipeline
@@ -161,7 +161,7 @@ def in_sample(cards: list[ModelCard], paths: list[Path], symbol: str | None = No
     trained = {digest: card.name for card in cards for digest in card.data_files.values()}
     reasons = []
     for path in paths:
-        name = trained.get(_file_sha256(path))
+        name = trained.get(file_sha256(path))
         if name is not None:
             reasons.append(f"{Path(path).name} is {name}'s training data")
             continue
@@ -179,14 +179,6 @@ def in_sample(cards: list[ModelCard], paths: list[Path], symbol: str | None = No
                                f"{window.end:%Y-%m-%d %H:%M})")
                 break
     return reasons
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _time_range(path: Path, symbol: str | None) -> tuple[datetime | None, datetime | None]:

@@ -67,6 +67,13 @@ def _units(volume: float) -> str:
     return f"{volume:,.0f}"
 
 
+def _figures(*figures: tuple[str, float | None]) -> str:
+    """The known figures as a parenthesised suffix, e.g. ``" (value 0.06, threshold 0.05)"``;
+    empty when none is known."""
+    known = [template.format(value) for template, value in figures if value is not None]
+    return f" ({', '.join(known)})" if known else ""
+
+
 def _who(event: Event) -> str:
     """The symbol as a message prefix ("EURUSD "), or nothing for an event without one."""
     return f"{event.symbol} " if event.symbol else ""
@@ -134,24 +141,14 @@ class MessageFormatter:
 
     @staticmethod
     def _trading_state(event: TradingStateChanged) -> Notification:
-        figures = []
-        if event.drawdown is not None:
-            figures.append(f"drawdown {event.drawdown:.2%}")
-        if event.equity is not None:
-            figures.append(f"equity {event.equity:,.2f}")
         why = f": {event.reason}" if event.reason else ""
-        numbers = f" ({', '.join(figures)})" if figures else ""
+        numbers = _figures(("drawdown {:.2%}", event.drawdown), ("equity {:,.2f}", event.equity))
         return Notification(f"Trading {event.state}{why}{numbers}",
                             "critical" if event.state == "HALTED" else "info")
 
     @staticmethod
     def _alert(event: AlertRaised) -> Notification:
-        figures = []
-        if event.value is not None:
-            figures.append(f"value {event.value:g}")
-        if event.threshold is not None:
-            figures.append(f"threshold {event.threshold:g}")
-        numbers = f" ({', '.join(figures)})" if figures else ""
+        numbers = _figures(("value {:g}", event.value), ("threshold {:g}", event.threshold))
         return Notification(f"{_who(event)}Alert {event.rule}: {event.message}{numbers}", event.severity)
 
     @staticmethod
