@@ -4,10 +4,10 @@ chain behind it.
 The trail watches the whole decision path and keeps the recent upstream events in a
 :class:`CausalCache` keyed by correlationId (the tick that closed a bar roots every event
 derived from it: bar, features, predictions, signal, verdict, order). The cache holds at most
-``cache_events`` events in all and evicts the oldest correlations first. Every tick goes in
-(it is the root of its own correlation, and an exit is caused by an arbitrary later tick), so
-the tick path is one dict insert and one deque append, and the eviction of the oldest tick,
-nothing more; a correlation of one event (most ticks) holds it bare, without a list around it.
+``cache_events`` events in all and evicts the oldest correlations first. Ticks go to a small
+ring of the most recent ones instead (the tick path is one dict insert, one deque append and
+the eviction of a tick still in the CPU cache): a bar's first event moves the tick that closed
+it into its correlation, and an exit finds its triggering tick in the ring.
 
 On each order event the chain is resolved and appended to the :class:`AuditLog`:
 
@@ -43,6 +43,8 @@ from tradepipe.events.types import (
 from tradepipe.read.audit_log import AuditLog
 from tradepipe.runtime.service import Context, Service
 
+#: ticks kept for exits and bar closes: seconds of market data, far more than a dispatch needs
+RECENT_TICKS = 4096
 #: the upstream stages of an entry's chain, in causal order
 STAGES = (MarketDataReceived, BarClosed, FeaturesCalculated, PredictionGenerated, TradingSignalGenerated)
 VERDICTS = (SignalValidated, SignalRejected)
@@ -50,46 +52,59 @@ VERDICTS = (SignalValidated, SignalRejected)
 
 class CausalCache:
     """The last ``capacity`` upstream events, grouped by correlationId; the oldest
-    correlations are evicted first (a whole correlation at a time)."""
+    correlations are evicted first (a whole correlation at a time). Ticks are kept apart, in a
+    ring of the last ``RECENT_TICKS``: a tick is needed later only if it closed a bar (then it
+    roots a correlation: the bar moves it into the cache) or triggered an exit (the exit is
+    recorded within the same dispatch, or moments later on a bus). Keeping all ticks in the
+    big cache cost a slow eviction per tick, of ticks long out of the CPU cache."""
 
-    __slots__ = ("capacity", "size", "_by_correlation", "_arrival")
+    __slots__ = ("capacity", "size", "_by_correlation", "_arrival", "_ticks", "_tick_arrival")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.size = 0
         # Keyed by the UUID's int: UUID.__hash__ is Python code, an int hashes in C (this runs per tick).
-        # A correlation's events: the event itself while it is the only one (no list to make
-        # and free for each tick), else the list of them.
-        self._by_correlation: dict[int, Event | list[Event]] = {}
+        self._by_correlation: dict[int, list[Event]] = {}
         self._arrival: deque[int] = deque()  # correlations, oldest first
+        self._ticks: dict[int, MarketDataReceived] = {}
+        self._tick_arrival: deque[int] = deque()
+
+    def add_tick(self, tick: MarketDataReceived) -> None:
+        key = tick.event_id.int
+        self._ticks[key] = tick
+        arrival = self._tick_arrival
+        arrival.append(key)
+        if len(arrival) > RECENT_TICKS:
+            del self._ticks[arrival.popleft()]
 
     def add(self, event: Event) -> None:
         key = (event.correlation_id or event.event_id).int
         by_correlation = self._by_correlation
         events = by_correlation.get(key)
         if events is None:
-            by_correlation[key] = event
+            events = by_correlation[key] = []
             self._arrival.append(key)
-        elif type(events) is list:
-            events.append(event)
-        else:
-            by_correlation[key] = [events, event]
+            root = self._ticks.get(key)  # the tick that closed this bar roots the correlation
+            if root is not None:
+                events.append(root)
+                self.size += 1
+        events.append(event)
         self.size += 1
         while self.size > self.capacity:
-            evicted = by_correlation.pop(self._arrival.popleft())
-            self.size -= len(evicted) if type(evicted) is list else 1
+            self.size -= len(by_correlation.pop(self._arrival.popleft()))
 
     def correlation(self, correlation_id: uuid.UUID) -> list[Event]:
         """The cached events of ``correlation_id``, in arrival order."""
-        events = self._by_correlation.get(correlation_id.int)
-        if events is None:
-            return []
-        return events if type(events) is list else [events]
+        return self._by_correlation.get(correlation_id.int, [])
 
     def tick(self, event_id: uuid.UUID | None) -> MarketDataReceived | None:
-        """The tick ``event_id`` if still cached (a tick roots its own correlation)."""
-        events = self.correlation(event_id) if event_id is not None else None
-        first = events[0] if events else None
+        """The tick ``event_id`` if still cached."""
+        if event_id is None:
+            return None
+        tick = self._ticks.get(event_id.int)
+        if tick is not None:
+            return tick
+        first = self._by_correlation.get(event_id.int, [None])[0]
         return first if type(first) is MarketDataReceived and first.event_id == event_id else None
 
     def __len__(self) -> int:
@@ -138,7 +153,7 @@ class AuditTrail(Service):
 
     def handle(self, event: Event, ctx: Context) -> tuple[()]:
         if type(event) is MarketDataReceived:  # first: nearly every event is a tick
-            self.cache.add(event)
+            self.cache.add_tick(event)
         elif event.topic == ORDERS:
             self._record(event)
         else:
