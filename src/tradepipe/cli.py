@@ -205,7 +205,7 @@ def _execute(settings: Settings, paths: list[Path], *, symbol, strategy, registr
                 registry=registry,
             )
             if summary["strategy"] != "features":
-                report_task = progress.add_task("report", total=summary["events_written"])
+                report_task = progress.add_task("report", total=None)  # it reads only the topics it needs
                 summary["report"] = str(report_from_bus(bus_obj, report_dir, title=title, notes=notes, settings=settings,
                                                         on_progress=lambda n: progress.advance(report_task, n)))
                 summary["audit_log"] = str(audit_path)
