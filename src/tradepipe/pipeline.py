@@ -184,16 +184,10 @@ def in_sample(cards: list[ModelCard], paths: list[Path], symbol: str | None = No
 def _time_range(path: Path, symbol: str | None) -> tuple[datetime | None, datetime | None]:
     """The event times of a file's first and last readable item."""
     first = last = None
-    kind, items = open_source(path, symbol)
-    for item in items:
-        ts = getattr(item, "ts_ms", None)
-        if ts is None:
-            continue
-        if kind == "bars":
-            ts += timeframe_ms(item.timeframe)
-        if first is None:
-            first = ts
-        last = ts
+    for ts, _ in _event_times(Source(Path(path), *open_source(path, symbol))):
+        if ts is not None:
+            first = ts if first is None else first
+            last = ts
     return (None, None) if first is None else (utc_from_ms(first), utc_from_ms(last))
 
 
@@ -360,25 +354,32 @@ def open_sources(paths: list[Path], symbol: str | None) -> list[Source]:
     return [Source(Path(path), *open_source(path, symbol)) for path in paths]
 
 
+def _event_times(source: Source) -> Iterator[tuple[int | None, object]]:
+    """(event time in ms, item) of each item of ``source``: a tick at its time, a bar at its
+    close; None for an unreadable row (it has no time)."""
+    if source.kind == "ticks":
+        for item in source.items:
+            yield getattr(item, "ts_ms", None), item
+        return
+    lengths: dict[str, int] = {}
+    for item in source.items:
+        ts = getattr(item, "ts_ms", None)
+        if ts is not None:
+            ts += lengths.get(item.timeframe) or lengths.setdefault(item.timeframe, timeframe_ms(item.timeframe))
+        yield ts, item
+
+
 def merged(sources: list[Source], start_ms: int | None = None,
            end_ms: int | None = None) -> Iterator[tuple[str, object]]:
     """(kind, item) of every source in event-time order (a bar at its close), ties in file
     order; items outside [start_ms, end_ms) are skipped. An unreadable row keeps its place in
     its file (it takes the time of the row before it), so it is dead-lettered where it was."""
-    lengths: dict[str, int] = {}
 
     def timed(index: int, source: Source):
         last = start_ms or 0
-        bars = source.kind == "bars"
-        for n, item in enumerate(source.items):
-            ts = getattr(item, "ts_ms", None)
-            if ts is None:  # a BadRow: where the row before it was, if that is in the window
-                if (start_ms is None or last >= start_ms) and (end_ms is None or last < end_ms):
-                    yield last, index, n, source.kind, item
-                continue
-            if bars:
-                length = lengths.get(item.timeframe) or lengths.setdefault(item.timeframe, timeframe_ms(item.timeframe))
-                ts += length
+        for n, (ts, item) in enumerate(_event_times(source)):
+            if ts is None:  # a BadRow: where the row before it was
+                ts = last
             last = ts
             if (start_ms is None or ts >= start_ms) and (end_ms is None or ts < end_ms):
                 yield ts, index, n, source.kind, item
