@@ -94,7 +94,6 @@ COUNTERS = (
 
 #: event-time waits before re-sending a close the broker refused (the last one repeats)
 CLOSE_RETRY_S = (1, 5, 30, 60)
-KILL_SWITCH = "kill switch"
 #: settings a running account cannot take live
 NOT_LIVE = ("trading.initial_equity", "trading.broker")
 
@@ -121,6 +120,7 @@ class TradingEngine(Service):
         self.account = Account(settings.initial_equity)
         self.quotes: dict[str, TickData] = {}  # symbol -> last tick
         self.halted: str | None = None  # why trading is halted, None when ACTIVE
+        self.flattening = False  # the kill switch tripped with flatten_on_halt: close what is still open
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.max_drawdown_seen = 0.0
         # position id -> (no exit order before this time, closes refused so far)
@@ -171,8 +171,7 @@ class TradingEngine(Service):
         if now >= account.next_day:
             account.roll_day(now)
         # a kill switch's flatten the broker refused is retried like any refused exit
-        flattening = "kill-switch" if self.halted and self.halted.startswith(KILL_SWITCH) and \
-            self.settings.flatten_on_halt else None
+        flattening = "kill-switch" if self.flattening else None
         exits = [(p, reason) for p in account.by_symbol[symbol]
                  if (reason := p.exit_reason(bid, ask, now) or flattening) is not None and self._may_close(p, now)]
         out = [e for p, reason in exits for e in self._close(p, reason, event, ctx)] if exits else None
@@ -196,7 +195,8 @@ class TradingEngine(Service):
         limit = self.settings.max_drawdown
         if drawdown < limit or self.halted is not None:
             return None
-        self.halted = (f"{KILL_SWITCH}: drawdown {drawdown:.2%} of peak equity {account.peak_equity:,.2f} "
+        self.flattening = self.settings.flatten_on_halt
+        self.halted = (f"kill switch: drawdown {drawdown:.2%} of peak equity {account.peak_equity:,.2f} "
                        f"reached the limit {limit:.2%} (equity {equity:,.2f})")
         out: list[Event] = [
             ctx.emit(TradingStateChanged, state="HALTED", reason=self.halted, equity=equity, drawdown=drawdown),
@@ -340,6 +340,7 @@ class TradingEngine(Service):
                 self.counters["unmatched_commands"] += 1
                 return [self._state_changed(ctx, "ACTIVE", "resume ignored: trading is not halted")]
             self.halted = None
+            self.flattening = False
             account.reset_peak()
             reason = f"manual resume: {command.reason}" if command.reason else "manual resume"
             return [self._state_changed(ctx, "ACTIVE", reason)]
@@ -388,6 +389,7 @@ class TradingEngine(Service):
             "account": self.account.snapshot(),
             "quotes": {symbol: msgspec.to_builtins(tick) for symbol, tick in self.quotes.items()},
             "halted": self.halted,
+            "flattening": self.flattening,
             "counters": dict(self.counters),
             "max_drawdown_seen": self.max_drawdown_seen,
             "close_retry": {pid: [at.isoformat(), refusals] for pid, (at, refusals) in self.close_retry.items()},
@@ -401,6 +403,7 @@ class TradingEngine(Service):
         self.account = Account.from_snapshot(state["account"])
         self.quotes = {symbol: msgspec.convert(tick, TickData) for symbol, tick in state["quotes"].items()}
         self.halted = state["halted"]
+        self.flattening = state.get("flattening", False)
         self.counters = {**dict.fromkeys(COUNTERS, 0), **state["counters"]}
         self.max_drawdown_seen = state["max_drawdown_seen"]
         self.close_retry = {pid: (datetime.fromisoformat(at), refusals)
