@@ -50,13 +50,12 @@ from nautilus_trader.trading.strategy import Strategy
 
 from common import SHARED_DATA, machine_note, report, small_registry  # bench/ is on sys.path
 from tradepipe.config import Settings
-from tradepipe.events import ORDERS, Event
-from tradepipe.events.types import PositionClosed
 from tradepipe.models.registry import ModelRegistry
 from tradepipe.pipeline import pipeline_services
 from tradepipe.read.audit_log import AuditLog
 from tradepipe.runtime.kernel import InProcessPipeline
 from tradepipe.runtime.service import Context, Service
+from tradepipe.services.analytics import PerformanceAnalytics
 from tradepipe.services.data_bridge import DataBridge
 from tradepipe.sources.files import RawTick, read_ticks
 
@@ -210,24 +209,7 @@ class TradepipeRun(NamedTuple):
     signals: int
     orders: int
     fills: int
-    pnl: float  # realised PnL of the closed positions, as the trading engine reports it
-
-
-class PnlTally(Service):
-    """Sums the realised PnL of closed positions; it accepts only PositionClosed, so the
-    kernel never calls it for a tick."""
-
-    name = "bench-pnl-tally"
-    inputs = (ORDERS,)
-    accepts = (PositionClosed,)
-
-    def __init__(self) -> None:
-        self.pnl = 0.0
-
-    def handle(self, event: Event, ctx: Context) -> tuple[Event, ...]:
-        if type(event) is PositionClosed:
-            self.pnl += event.pnl
-        return ()
+    pnl: float  # realised PnL of the closed positions, as the analytics service reports it
 
 
 #: (c) trades like (a): a fixed 100,000 units on every cross, no stop (a 100 % one never
@@ -249,9 +231,8 @@ def run_tradepipe(strategy: str, ticks: Sequence[RawTick], registry: ModelRegist
                   audit_dir: Path | None) -> tuple[float, TradepipeRun]:
     """One timed backtest of ``strategy`` ("models" = part b, "ema-cross" = part c) over the
     raw rows ``ticks``: (seconds from the first row to the last event, what it did)."""
-    tally = PnlTally()
     services = services_for(strategy, registry, audit_dir)
-    kernel = InProcessPipeline([*services, tally])
+    kernel = InProcessPipeline(services)
     bridge, ctx = DataBridge(), Context(DataBridge.name)
     handle, feed_all = bridge.handle_tick, kernel.feed_all
     start = time.perf_counter()
@@ -270,7 +251,7 @@ def run_tradepipe(strategy: str, ticks: Sequence[RawTick], registry: ModelRegist
         signals=counts["TradingSignalGenerated"],
         orders=counts["OrderPlaced"],
         fills=counts["OrderExecuted"],
-        pnl=tally.pnl,
+        pnl=next(s for s in services if isinstance(s, PerformanceAnalytics)).summary()["realized_pnl"],
     )
 
 
