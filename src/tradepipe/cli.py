@@ -29,7 +29,8 @@ out = Console()
 err = Console(stderr=True)
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="TOML config file (default: ./tradepipe.toml if present).")]
-BusOption = Annotated[Optional[str], typer.Option("--bus", help="Bus URL: sqlite:///file.db (default) or memory://.")]
+BusOption = Annotated[Optional[str], typer.Option(
+    "--bus", help="Bus URL: sqlite:///file.db (default), memory://, kafka://host:port[,host:port] or redis://host:port/db.")]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -45,9 +46,10 @@ def settings_or_exit(config: Path | None, bus_url: str | None = None, **override
         raise fail(str(exc)) from None
 
 
-def open_or_exit(url: str, *, create: bool) -> Bus:
+def open_or_exit(settings: Settings, *, create: bool) -> Bus:
+    """The configured bus (with its backend's settings), or exit with the reason."""
     try:
-        return open_bus(url, create=create)
+        return settings.bus.open(create=create)
     except BusError as exc:
         raise fail(str(exc)) from None
 
@@ -181,7 +183,7 @@ def _execute(settings: Settings, paths: list[Path], *, symbol, strategy, registr
     if fresh:
         _delete_bus_file(settings.bus.url)
         _delete_audit_log(audit_path)
-    bus_obj = open_or_exit(settings.bus.url, create=True)
+    bus_obj = open_or_exit(settings, create=True)
     try:
         held = sum(bus_obj.end_offsets(MARKET_DATA).values()) if MARKET_DATA in bus_obj.topics() else 0
         if held and not append:
@@ -475,7 +477,7 @@ def _print_training(result) -> None:
 def topics_list(bus: BusOption = None, config: ConfigOption = None) -> None:
     """Topics with their partitions, record counts and retention."""
     settings = settings_or_exit(config, bus)
-    bus_obj = open_or_exit(settings.bus.url, create=False)
+    bus_obj = open_or_exit(settings, create=False)
     try:
         table = Table("topic", "partitions", "records", "end offsets", "retention")
         for name, info in sorted(bus_obj.topics().items()):
@@ -509,7 +511,7 @@ def replay(
     if from_time is not None and from_time.tzinfo is None:
         from_time = from_time.replace(tzinfo=timezone.utc)
     settings = settings_or_exit(config, bus)
-    bus_obj = open_or_exit(settings.bus.url, create=False)
+    bus_obj = open_or_exit(settings, create=False)
     try:
         store = EventStore(bus_obj, get_codec(settings.bus.codec))
         try:
@@ -605,7 +607,7 @@ def report(
     from tradepipe.trading.report import report_from_bus
 
     settings = settings_or_exit(config, bus)
-    bus_obj = open_or_exit(settings.bus.url, create=False)
+    bus_obj = open_or_exit(settings, create=False)
     try:
         with _progress() as progress:
             task = progress.add_task("report", total=None)
@@ -627,7 +629,7 @@ def _send_trading_command(command: str, reason: str, bus: str | None, config: Pa
     from tradepipe.runtime.store import publish
 
     settings = settings_or_exit(config, bus)
-    bus_obj = open_or_exit(settings.bus.url, create=False)
+    bus_obj = open_or_exit(settings, create=False)
     try:
         ctx = Context("cli", WallClock())
         ctx.begin(None, key=uuid.uuid4().bytes)

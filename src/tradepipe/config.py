@@ -26,10 +26,63 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class KafkaSettings(Section):
+    """Client settings of the Kafka backend (R2.6); a bus URL's ``?name=value`` overrides them."""
+
+    linger_ms: float = Field(5.0, ge=0, description="producer: wait this long to fill a batch")
+    batch_size: int = Field(1_000_000, ge=1, description="producer: bytes per partition batch")
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    acks: Literal["all", "1", "0"] = "all"
+    idempotence: bool = Field(True, description="idempotent producer; correctness does not rest on it "
+                              "(consumers drop duplicate eventIds)")
+    queue_max_messages: int = Field(1_000_000, ge=1, description="producer buffer bound: beyond it send() "
+                                    "blocks (backpressure) until the broker takes more")
+    session_timeout_ms: int = Field(6000, ge=500, description="group session; Tansu waits half of it before "
+                                    "every assignment")
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    fetch_wait_max_ms: int = Field(10, ge=0, description="consumer: a fetch waits at most this for data "
+                                   "(latency on brokers that answer only at the deadline)")
+    message_max_bytes: int = Field(16_777_216, ge=1024, description="largest record, client and topic")
+    librdkafka: dict[str, str] = Field(default_factory=dict, description="extra librdkafka properties, "
+                                       "passed through unchanged (e.g. security.protocol, sasl.*)")
+
+
+class RedisSettings(Section):
+    """Client settings of the Redis Streams backend; a bus URL's ``?name=value`` overrides them."""
+
+    prefix: str = Field("tradepipe", description="key prefix of every stream, group and offset key")
+    maxlen: int | None = Field(1_000_000, ge=1, description="approximate entries kept per stream; trimming "
+                               "never passes the oldest offset a live group has not committed")
+    pipeline_size: int = Field(1000, ge=1, description="producer: XADDs per pipelined round trip")
+    session_timeout_ms: int = Field(6000, ge=500, description="a member silent this long leaves its group")
+    claim_idle_ms: int = Field(6000, ge=0, description="pending entries idle this long are claimed "
+                               "(XAUTOCLAIM) from a dead consumer")
+    pubsub_topics: tuple[str, ...] = Field(
+        ("order-events", "performance-events", "system-events"),
+        description="topics also fanned out on Redis pub/sub for live UIs")
+
+
 class BusSettings(Section):
     url: str = DEFAULT_BUS_URL
     codec: Literal["json", "msgpack"] = "json"
     partitions: int = Field(4, ge=1, le=1024)
+    retention_ms: dict[str, int | None] = Field(
+        default_factory=lambda: {"order-events": 7 * 365 * 86_400_000},
+        description="per topic; None or absent = keep forever (the seed keeps the audit stream 7 years)")
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+
+    def backend_options(self) -> dict[str, Any]:
+        """The settings of this URL's backend, for :func:`tradepipe.bus.open_bus`."""
+        scheme = self.url.split("://", 1)[0].lower()
+        section = {"kafka": self.kafka, "redis": self.redis}.get(scheme)
+        return section.model_dump() if section is not None else {}
+
+    def open(self, *, create: bool = True):
+        """The bus this section names, with its backend's settings."""
+        from tradepipe.bus import open_bus
+
+        return open_bus(self.url, create=create, options=self.backend_options())
 
     @field_validator("url")
     @classmethod

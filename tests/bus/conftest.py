@@ -1,8 +1,10 @@
 """Fixtures for the bus contract suite (R2.3): one bus per test, parametrized by backend.
 
-A new backend joins the suite by adding a param to ``bus_url`` (e.g. ``kafka``, ``redis``
-pointing at a broker from the environment). Tests use fresh topic and group names, so a shared
-broker works as well as a private one.
+Every backend runs the same tests: memory, SQLite, Kafka (the session's Tansu broker, see
+tests/conftest.py) and Redis Streams (the machine's Redis, a fresh key prefix per test). Tests
+use fresh topic and group names, so a shared broker works as well as a private one. Network
+backends deliver asynchronously, so tests poll until what they expect arrived (``drain``)
+rather than expect one poll to return everything.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import pytest
 from tradepipe.bus import Bus, Consumer, Record, open_bus
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "kafka", "redis"])
 def bus_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "memory":
         return f"memory://contract-{uuid.uuid4().hex}"
-    return f"sqlite:///{tmp_path}/bus.db"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/bus.db"
+    return request.getfixturevalue(f"{request.param}_url")
 
 
 @pytest.fixture
@@ -53,7 +57,8 @@ def poll_until(consumers: Consumer | list[Consumer], count: int, timeout_s: floa
     deadline = time.monotonic() + timeout_s
     while len(out) < count and time.monotonic() < deadline:
         for consumer in consumers:
-            out.extend(consumer.poll(max_records=count, timeout_s=0.02))
+            if len(out) < count:
+                out.extend(consumer.poll(max_records=count - len(out), timeout_s=0.02))
     return out
 
 

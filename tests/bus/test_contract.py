@@ -70,7 +70,7 @@ def test_commit_then_resume_exactly_where_committed(bus, new_topic, group, drain
     topic = new_topic(4)
     values = produce(bus, topic, 100)
     with bus.consumer(group, [topic]) as first:
-        seen = first.poll(max_records=30)
+        seen = drain(first, 30)
         assert len(seen) == 30
         first.commit()
         positions = {tp: first.position(tp) for tp in first.assignment()}
@@ -177,7 +177,7 @@ def test_unknown_topic_is_refused_everywhere(bus, group):
 
 
 # -- positions ----------------------------------------------------------------------------------
-def test_seek_position_and_end_offsets(bus, new_topic):
+def test_seek_position_and_end_offsets(bus, new_topic, drain):
     topic = new_topic(3)
     with bus.producer() as producer:
         for i in range(10):
@@ -190,11 +190,11 @@ def test_seek_position_and_end_offsets(bus, new_topic):
         assert consumer.position(tp) == 0
         consumer.seek(tp, 5)
         assert consumer.position(tp) == 5
-        records = consumer.poll(max_records=3)
+        records = drain(consumer, 3)
         assert [(r.offset, r.value) for r in records] == [(5, b"5"), (6, b"6"), (7, b"7")]
         assert consumer.position(tp) == 8
         consumer.seek(tp, 2)
-        assert [r.offset for r in consumer.poll()] == list(range(2, 10))
+        assert [r.offset for r in drain(consumer, 8)] == list(range(2, 10))
         assert consumer.poll(timeout_s=0.05) == []
         with pytest.raises(BusError):
             consumer.seek(TopicPartition(topic, 0), 0)

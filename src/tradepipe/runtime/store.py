@@ -115,11 +115,26 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+#: record headers every event carries (R1.3 on the wire): a consumer or a broker-side tool can
+#: route, filter or check schemas without decoding the payload
+TYPE_HEADER, VERSION_HEADER, CORRELATION_HEADER, CODEC_HEADER = "type", "schemaVersion", "correlationId", "codec"
+
+
+def event_headers(event: Event, codec: Codec) -> tuple[tuple[str, bytes], ...]:
+    headers = ((TYPE_HEADER, event.type.encode()), (VERSION_HEADER, event.schema_version.encode()),
+               (CODEC_HEADER, codec.name.encode()))
+    if event.correlation_id is not None:
+        headers += ((CORRELATION_HEADER, str(event.correlation_id).encode()),)
+    return headers
+
+
 def publish(producer: Producer, codec: Codec, events: Iterable[Event]) -> int:
-    """Send each event to its type's topic, keyed by symbol, stamped with event time."""
+    """Send each event to its type's topic, keyed by symbol, stamped with event time, with
+    :func:`event_headers`."""
     count = 0
     for event in events:
-        producer.send(event.topic, codec.encode(event), event.key, timestamp_ms=event.timestamp_ms)
+        producer.send(event.topic, codec.encode(event), event.key, timestamp_ms=event.timestamp_ms,
+                      headers=event_headers(event, codec))
         count += 1
     return count
 
