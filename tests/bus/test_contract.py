@@ -90,9 +90,11 @@ def test_commit_explicit_offsets(bus, new_topic, group):
     tp = TopicPartition(topic, 0)
     with bus.consumer(group, [topic]) as consumer:
         assert consumer.committed(tp) is None
+        assert bus.committed_offsets(group, topic) == {}
         consumer.commit({tp: 1})
         assert consumer.committed(tp) == 1
         assert consumer.committed(TopicPartition(topic, 1)) is None
+        assert bus.committed_offsets(group, topic) == {0: 1}
     with bus.consumer(group, [topic]) as consumer:
         consumer.assignment()
         assert consumer.position(tp) == 1

@@ -198,6 +198,11 @@ class Bus(ABC):
     def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
         """Per partition, the first offset whose record timestamp is >= ``timestamp_ms``."""
 
+    @abstractmethod
+    def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        """Per partition, ``group``'s committed offset on ``topic`` (partitions it never
+        committed are absent): lag tools, and the lockstep replay that waits for every group."""
+
     def close(self) -> None:
         pass
 

@@ -176,3 +176,7 @@ class MemoryBus(Bus):
             log = self.broker.logs[TopicPartition(topic, p)]
             out[p] = next((r.offset for r in log if r.timestamp_ms >= timestamp_ms), len(log))
         return out
+
+    def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        self.broker.info(topic)
+        return {tp.partition: offset for tp, offset in self.broker.committed.get(group, {}).items() if tp.topic == topic}

@@ -556,6 +556,11 @@ class SQLiteBus(Bus):
             raise UnknownTopicError(topic)
         return dict(rows)
 
+    def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        self.end_offsets(topic)  # unknown topic -> UnknownTopicError
+        return dict(self._db.query(
+            "SELECT partition, offset FROM group_offsets WHERE group_id = ? AND topic = ?", (group, topic)))
+
     def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
         out = {}
         for partition, end in sorted(self.end_offsets(topic).items()):
