@@ -153,6 +153,117 @@ def backtest(
              title=f"tradepipe backtest ({strategy})")
 
 
+@app.command()
+def service(
+    name: Annotated[str, typer.Argument(help="Service to run, e.g. trading-engine; `tradepipe service list` lists them.")],
+    bus: BusOption = None,
+    config: ConfigOption = None,
+    group: Annotated[Optional[str], typer.Option("--group", help="Consumer group (default: the service's name).")] = None,
+    instance: Annotated[Optional[str], typer.Option("--instance", help="Instance id, stable across restarts: a restart resumes its checkpoint (default: NAME-0).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="/health and /metrics port (default: the service's seed port; 0: any free port).")] = None,
+    state: Annotated[Optional[str], typer.Option("--state", help="Checkpoint store: sqlite:///file.db (default for kafka://: ./tradepipe-state.db) or redis://host:port/db (default for redis://: the bus's Redis).")] = None,
+    registry: Annotated[Optional[Path], typer.Option("--registry", help="Model registry directory (default: models.registry).")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="models or ema-cross: which services the deployment has.")] = "models",
+    audit: AuditOption = None,
+    data: Annotated[Optional[list[Path]], typer.Option("--data", help="data-bridge: tick or bar files to replay; repeat for more.")] = None,
+    symbol: Annotated[Optional[str], typer.Option("--symbol", help="data-bridge: symbol of the data (default: from each file name).")] = None,
+    from_time: Annotated[Optional[datetime], typer.Option("--from", help="data-bridge: skip data before this ISO time (UTC if no zone).")] = None,
+    to_time: Annotated[Optional[datetime], typer.Option("--to", help="data-bridge: skip data from this ISO time on.")] = None,
+    lockstep: Annotated[bool, typer.Option("--lockstep", help="data-bridge: after each bar-closing tick, wait until every service has consumed everything (a deterministic distributed backtest).")] = False,
+) -> None:
+    """One pipeline service as its own process on a bus, until SIGTERM/SIGINT (then it
+    checkpoints and leaves its group). The data bridge replays --data and exits when done."""
+    from tradepipe.distributed import default_port
+    from tradepipe.pipeline import service_factories
+
+    settings = settings_or_exit(config, bus, models={"registry": str(registry) if registry is not None else None})
+    if strategy not in ("models", "ema-cross"):
+        raise fail(f"--strategy must be models or ema-cross, not {strategy!r}")
+    audit_path = Path(audit or settings.audit.path)
+    try:
+        factories = service_factories(settings, strategy=strategy, registry=settings.models.registry, audit_path=audit_path)
+    except Exception as exc:
+        raise fail(f"cannot set up the {strategy} services: {exc}") from None
+    names = ["data-bridge", *factories]
+    if name == "list":
+        for known in names:
+            out.print(f"{known:24} port {default_port(known)}", highlight=False)
+        return
+    if name not in names:
+        raise fail(f"no service {name!r}; services: {', '.join(names)}")
+    if settings.bus.url.startswith("memory://"):
+        raise fail("a memory:// bus lives in one process: give --bus kafka://..., redis://... or sqlite:///...")
+    port = default_port(name) if port is None else port
+    bus_obj = open_or_exit(settings, create=True)
+    try:
+        ensure_topics_or_exit(bus_obj, settings)
+        checkpoints = _state_store(settings, state, bus_obj)
+        if name == "data-bridge":
+            runner, group_name, instance_id = _bridge_runner(bus_obj, settings, checkpoints, data, symbol, from_time, to_time,
+                                                             lockstep, instance, list(factories))
+        else:
+            from tradepipe.runtime.runner import ServiceRunner
+
+            built = factories[name]()
+            runner = ServiceRunner(built, bus_obj, group=group, checkpoints=checkpoints,
+                                   config=settings.runner.runner_config(), instance_id=instance)
+            group_name, instance_id = runner.group, runner.instance_id
+        _host(runner, name, instance_id, group_name, port)
+    finally:
+        bus_obj.close()
+
+
+def ensure_topics_or_exit(bus_obj: Bus, settings: Settings) -> None:
+    from tradepipe.runtime.runner import ensure_topics
+
+    try:
+        ensure_topics(bus_obj, partitions=settings.bus.partitions, retention_ms=settings.bus.retention_ms)
+    except BusError as exc:
+        raise fail(str(exc)) from None
+
+
+def _state_store(settings: Settings, state: str | None, bus_obj: Bus):
+    from tradepipe.runtime.store import checkpoint_store_for, checkpoint_store_from_url
+
+    url = settings.bus.url
+    if state is None and url.startswith("kafka://"):
+        state = "sqlite:///tradepipe-state.db"
+    elif state is None and url.startswith("redis://"):
+        state = url.split("?", 1)[0] + f"?prefix={settings.bus.redis.prefix}"
+    try:
+        return checkpoint_store_from_url(state) if state is not None else checkpoint_store_for(bus_obj)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _bridge_runner(bus_obj, settings, checkpoints, data, symbol, from_time, to_time, lockstep, instance, names):
+    from tradepipe.distributed import BridgeReplay, Quiescence, lockstep_groups
+
+    if not data:
+        raise fail("the data bridge needs --data FILE (live sources run inside `tradepipe run` for now)")
+    start, end = (None if t is None else (t if t.tzinfo else t.replace(tzinfo=timezone.utc)) for t in (from_time, to_time))
+    waits = Quiescence(bus_obj, lockstep_groups(names)) if lockstep else None
+    instance_id = instance or "data-bridge-0"
+    replay = BridgeReplay(bus_obj, settings, _existing(data), checkpoints, symbol=symbol, start=start, end=end,
+                          instance_id=instance_id, lockstep=waits)
+    return replay, None, instance_id
+
+
+def _host(runner, name: str, instance_id: str, group: str | None, port: int | None) -> None:
+    from tradepipe.distributed import BridgeReplay
+    from tradepipe.runtime.host import ServiceHost
+
+    try:
+        host = ServiceHost(runner, service=name, instance=instance_id, group=group, port=port)
+    except OSError as exc:
+        runner.close()
+        raise fail(f"cannot serve /health and /metrics on port {port}: {exc} (pass --port)") from None
+    err.print(f"{name} ({instance_id}) running; health: http://127.0.0.1:{host.port}/health", highlight=False)
+    done = (lambda: runner.done) if isinstance(runner, BridgeReplay) else None
+    host.run(until=done)
+    err.print(f"{name} ({instance_id}) stopped: {msgspec.to_builtins(runner.stats)}", highlight=False)
+
+
 def _existing(paths: list[Path]) -> list[Path]:
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
@@ -671,11 +782,21 @@ def schemas_list() -> None:
 
 
 @schemas_app.command("export")
-def schemas_export(directory: Annotated[Path, typer.Argument(help="Directory to write <Type>/<version>.json into.")]) -> None:
+def schemas_export(
+    directory: Annotated[Path, typer.Argument(
+        help="Directory to write <Type>/<version>.json (with --tansu: <topic>.json) into.")],
+    tansu: Annotated[bool, typer.Option(
+        "--tansu",
+        help="Write one <topic>.json per topic instead, the layout of Tansu's --schema-registry file://DIR, "
+             "so the broker rejects a record that is not an event of that topic (error INVALID_RECORD). "
+             "Only the JSON codec can be validated by the broker: msgpack payloads are not JSON, so do "
+             "not use these files with bus.codec=msgpack. Tansu resolves a file:// path against its "
+             "working directory (start it with file://./DIR).")] = False,
+) -> None:
     """Write every registered and current schema as JSON Schema files."""
     from tradepipe.events import schemas
 
-    written = schemas.export(directory)
+    written = schemas.export_tansu(directory) if tansu else schemas.export(directory)
     out.print(f"wrote {len(written)} schema files to {directory}")
 
 

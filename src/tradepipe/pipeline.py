@@ -98,10 +98,16 @@ def model_services(settings: Settings, registry: ModelRegistry | str | Path, *,
     services: list[Service] = [
         MODEL_SERVICES[kind](registry.load(kind, models.version), models, guard=guard) for kind in models.kinds
     ]
-    bands = {s.card.dead_band for s in services}
-    dead_band = bands.pop() if len(bands) == 1 else models.dead_band_bps / 1e4
-    services.append(EnsembleCoordinator([s.name for s in services], settings.ensemble, dead_band=dead_band))
-    return services
+    return services + [ensemble_for(settings, [s.card for s in services])]
+
+
+def ensemble_for(settings: Settings, cards: list[ModelCard]) -> EnsembleCoordinator:
+    """The ensemble over the model services of ``settings.models.kinds`` (``cards``: their
+    models), scoring against the models' own dead band when they share one."""
+    bands = {card.dead_band for card in cards}
+    dead_band = bands.pop() if len(bands) == 1 else settings.models.dead_band_bps / 1e4
+    names = [MODEL_SERVICES[kind].name for kind in settings.models.kinds]
+    return EnsembleCoordinator(names, settings.ensemble, dead_band=dead_band)
 
 
 def _check_models_fit_data(model_stage: list[ModelService], sources: list) -> None:
@@ -202,10 +208,52 @@ def pipeline_services(settings: Settings, *, strategy: Strategy = "models",
             raise ValueError("the models strategy needs a model registry")
         signal_stage = feature_services() + model_services(settings, registry)
     elif strategy == "ema-cross":
-        signal_stage = [BarBuilder(timeframes=("1m",)), EmaCrossSignal("1m")]
+        signal_stage = ema_cross_services()
     else:
         return feature_services()
     return signal_stage + decision_services(settings, strategy=strategy, audit_log=audit_log)
+
+
+def ema_cross_services() -> list[Service]:
+    return [BarBuilder(timeframes=("1m",)), EmaCrossSignal("1m")]
+
+
+def service_factories(settings: Settings, *, strategy: Strategy = "models",
+                      registry: ModelRegistry | str | Path | None = None,
+                      audit_path: Path | None = None) -> dict[str, Callable[[], Service]]:
+    """The services of :func:`pipeline_services` by name, each built only when called:
+    ``tradepipe service NAME`` builds one (loading only its own model, opening the audit log
+    only for the audit trail), and the distributed deployment lists the names."""
+    factories: dict[str, Callable[[], Service]] = {}
+
+    def add(stage: Callable[[str], list[Service]]) -> None:
+        """Every service of ``stage(name)``, built by picking ``name`` from a fresh stage."""
+        for service in stage(""):
+            factories[service.name] = lambda name=service.name: next(s for s in stage(name) if s.name == name)
+
+    if strategy in ("models", "features"):
+        add(lambda _: feature_services())
+    if strategy == "models":
+        if registry is None:
+            raise ValueError("the models strategy needs a model registry")
+        registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
+        models = settings.models
+        for kind in models.kinds:
+            factories[MODEL_SERVICES[kind].name] = lambda kind=kind: MODEL_SERVICES[kind](
+                registry.load(kind, models.version), models)
+        factories[EnsembleCoordinator.name] = lambda: ensemble_for(
+            settings, [registry.card(*registry.resolve(kind, models.version)) for kind in models.kinds])
+    elif strategy == "ema-cross":
+        add(lambda _: ema_cross_services())
+    if strategy != "features":
+        def decisions(name: str) -> list[Service]:
+            audit_log = AuditLog(audit_path) if audit_path is not None and name == AuditTrail.name else None
+            return decision_services(settings, strategy=strategy, audit_log=audit_log)
+
+        add(decisions)
+        if audit_path is not None:
+            factories[AuditTrail.name] = lambda: next(s for s in decisions(AuditTrail.name) if s.name == AuditTrail.name)
+    return factories
 
 
 class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -241,7 +289,7 @@ def run_pipeline(
         if audit_log is not None:
             audit_log.close()
         raise
-    ensure_topics(bus, partitions=settings.bus.partitions)
+    ensure_topics(bus, partitions=settings.bus.partitions, retention_ms=settings.bus.retention_ms)
     bridge = DataBridge(TickValidator(max_jump=settings.data.max_jump, allow_locked=settings.data.allow_locked))
     ctx = Context(bridge.name)
     codec = get_codec(settings.bus.codec)

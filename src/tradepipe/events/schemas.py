@@ -7,7 +7,8 @@ the latest registered one (Confluent's meaning: a consumer using the new schema 
 written with the old one) and an upcaster must lead from the old version to the new one.
 
 Nothing here runs at import time; the ``tradepipe schemas`` CLI calls :func:`list_schemas`,
-:func:`export`, :func:`check` and :func:`register_current`.
+:func:`export`, :func:`export_tansu` (per-topic files for the Tansu broker's validation),
+:func:`check` and :func:`register_current`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from tradepipe.events.envelope import Event
+from tradepipe.events.envelope import Event, Metadata
 from tradepipe.events.types import EVENT_TYPES
 from tradepipe.events.upcasting import UPCASTERS, UpcasterRegistry
 
@@ -168,6 +169,71 @@ def export(
         if cls.schema_version not in registered_versions(type_name(cls), registry_dir):
             written.append(_write(directory / type_name(cls) / f"{cls.schema_version}.json", schema_of(cls)))
     return sorted(written)
+
+
+# --- Tansu's broker-side validation ---------------------------------------------------------
+
+def schemas_on_the_wire(cls: type[Event], registry_dir: Path = REGISTRY_DIR) -> list[Schema]:
+    """Every schema an event of ``cls`` may have been written with: the registered versions,
+    oldest first, then the current one while it is not registered yet."""
+    name = type_name(cls)
+    versions = registered_versions(name, registry_dir)
+    schemas = [load_schema(name, version, registry_dir) for version in versions]
+    if cls.schema_version not in versions:
+        schemas.append(schema_of(cls))
+    return schemas
+
+
+def tansu_topic_schema(topic: str, types: Iterable[type[Event]], registry_dir: Path = REGISTRY_DIR) -> Schema:
+    """The file Tansu validates ``topic``'s records against.
+
+    Value only: a ``key`` schema would make Tansu parse keys as JSON, and ours are raw
+    symbol bytes. The value must name one of the topic's types in ``type`` and fit the
+    registered schema of the version its ``metadata.version`` claims, as the codec reads it
+    (so a 1.1 field that is wrong cannot pass as an unknown extra of 1.0, and a version no
+    consumer can upcast is refused). Each version keeps its own ``$id``, so its
+    ``#/$defs/...`` references resolve inside it.
+    """
+    types = [cls for cls in types if cls.topic == topic]
+    if not types:
+        raise ValueError(f"no event type is published on topic {topic!r}")
+    value = {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "$id": f"urn:tradepipe:topic:{topic}",
+        "title": topic,
+        "type": "object",
+        "properties": {"type": {"enum": [type_name(cls) for cls in types]}},
+        "required": ["type"],
+        "allOf": [
+            {"if": {"properties": {"type": {"const": type_name(cls)}}},
+             "then": {"anyOf": [{"allOf": [_claims_version(schema["x-schema-version"]), schema]}
+                                for schema in schemas_on_the_wire(cls, registry_dir)]}}
+            for cls in types
+        ],
+    }
+    return {"type": "object", "properties": {"value": value}}
+
+
+def _claims_version(version: str) -> Schema:
+    """Event documents whose ``metadata.version`` is ``version``; without one (or without
+    metadata) an event is read as the envelope's default version."""
+    claim = {"properties": {"version": {"const": version}}}
+    if version == Metadata().version:
+        return {"properties": {"metadata": claim}}
+    return {"required": ["metadata"], "properties": {"metadata": {"required": ["version"], **claim}}}
+
+
+def export_tansu(
+    directory: str | Path, types: Iterable[type[Event]] = EVENT_TYPES, registry_dir: Path = REGISTRY_DIR
+) -> list[Path]:
+    """Write ``<directory>/<topic>.json`` for every topic, the layout of Tansu's
+    ``--schema-registry file://<directory>``, so the broker refuses (INVALID_RECORD) a record
+    that is not an event of that topic in a registered version. Only JSON-codec payloads can
+    pass: msgpack bytes are not JSON. Returns the files written."""
+    directory = Path(directory)
+    types = list(types)
+    topics = sorted({cls.topic for cls in types})
+    return [_write(directory / f"{topic}.json", tansu_topic_schema(topic, types, registry_dir)) for topic in topics]
 
 
 # --- checking the code against the registry ------------------------------------------------

@@ -7,8 +7,8 @@ bus calls in a worker thread (network transports). Both keep these promises:
 - a record that does not decode goes to ``dead-letter`` with the reason and its bytes;
 - an event whose id was seen lately is skipped (upstream re-deliveries);
 - a handler that raises is retried with exponential backoff, then dead-lettered;
-- outputs are flushed before the checkpoint that covers their inputs, and a checkpoint saves
-  the service snapshot together with the input positions, then commits them to the group;
+- outputs are flushed before the group commit that covers their inputs (after every batch),
+  and a checkpoint saves the service snapshot together with the input positions;
 - on start, a service restores its last checkpoint and resumes from its positions.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import msgspec
 from tenacity import Retrying, stop_after_attempt, wait_exponential
@@ -80,10 +80,13 @@ class DedupWindow:
             self.add(data[i:i + 16])
 
 
-def ensure_topics(bus: Bus, topics: Iterable[str] = ALL_TOPICS, partitions: int = DEFAULT_PARTITIONS) -> None:
-    """Create the pipeline's topics if missing (idempotent; existing topics keep theirs)."""
+def ensure_topics(bus: Bus, topics: Iterable[str] = ALL_TOPICS, partitions: int = DEFAULT_PARTITIONS,
+                  retention_ms: Mapping[str, int | None] | None = None) -> None:
+    """Create the pipeline's topics if missing, with ``retention_ms`` per topic (absent: keep
+    forever); idempotent: existing topics keep theirs."""
+    retention_ms = retention_ms or {}
     for topic in topics:
-        bus.create_topic(topic, partitions)
+        bus.create_topic(topic, partitions, retention_ms=retention_ms.get(topic))
 
 
 class ServiceRunner:
@@ -214,6 +217,10 @@ class ServiceRunner:
         self.producer.flush()
         if self._since_checkpoint >= self.config.checkpoint_every:
             self.checkpoint()
+        else:
+            # outputs are acknowledged: the group may move on (lag tools and the lockstep replay
+            # read this); a restart still resumes from the checkpoint, which is never ahead of it
+            self.consumer.commit(self.consumer.positions())
 
     def _handle_record(self, record: Record) -> list[Event]:
         try:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
@@ -99,16 +100,53 @@ class SQLiteCheckpointStore(CheckpointStore):
         self._db.close()
 
 
+class RedisCheckpointStore(CheckpointStore):
+    """Checkpoints in one Redis hash (``{prefix}:checkpoints``), field ``service|group|instance``:
+    any host can restart any instance. Redis must persist (AOF or RDB) for them to survive
+    a Redis restart."""
+
+    def __init__(self, url: str, prefix: str = "tradepipe") -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url)
+        self._key = f"{prefix}:checkpoints"
+
+    def save(self, service: str, group: str, instance: str, checkpoint: Checkpoint) -> None:
+        self._redis.hset(self._key, f"{service}|{group}|{instance}", msgspec.msgpack.encode(checkpoint))
+
+    def load(self, service: str, group: str, instance: str) -> Checkpoint | None:
+        raw = self._redis.hget(self._key, f"{service}|{group}|{instance}")
+        return None if raw is None else msgspec.msgpack.decode(raw, type=Checkpoint)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def checkpoint_store_from_url(url: str) -> CheckpointStore:
+    """``sqlite:///state.db`` (a local file: a restarted instance must run on the same host)
+    or ``redis://host:port/db[?prefix=p]`` (shared)."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return SQLiteCheckpointStore(url.split(":///", 1)[1].split("?", 1)[0])
+    if parts.scheme == "redis":
+        prefix = parse_qs(parts.query).get("prefix", ["tradepipe"])[0]
+        return RedisCheckpointStore(parts._replace(query="").geturl(), prefix)
+    raise ValueError(f"bad state store URL {url!r}: expected sqlite:///file.db or redis://host:port/db")
+
+
 _MEMORY_STORES: weakref.WeakKeyDictionary[object, MemoryCheckpointStore] = weakref.WeakKeyDictionary()
 
 
 def checkpoint_store_for(bus: Bus) -> CheckpointStore:
     """The default store for a bus: its own file for SQLite; for memory://, one store per
-    in-process broker, so runners on the same broker see each other's checkpoints."""
+    in-process broker, so runners on the same broker see each other's checkpoints. Network
+    buses have no default: name one with :func:`checkpoint_store_from_url`."""
     path = getattr(bus, "path", None)
     if path:
         return SQLiteCheckpointStore(path)
-    return _MEMORY_STORES.setdefault(getattr(bus, "broker", bus), MemoryCheckpointStore())
+    if bus.url.startswith("memory://"):
+        return _MEMORY_STORES.setdefault(getattr(bus, "broker", bus), MemoryCheckpointStore())
+    raise ValueError(f"{bus.url} keeps no service checkpoints: pass a store (e.g. --state sqlite:///state.db)")
 
 
 def now_ms() -> int:
