@@ -103,6 +103,8 @@ class RunnerSettings(Section):
     retry_initial_s: float = Field(0.01, ge=0)
     retry_max_s: float = Field(1.0, ge=0)
     dedup_window: int = Field(10_000, ge=1)
+    flush_timeout_s: float = Field(10.0, gt=0, description="a flush slower than this is a bus failure (retried)")
+    bus_retry_max_s: float = Field(5.0, gt=0, description="longest wait between retries while the broker is down")
 
     def runner_config(self) -> RunnerConfig:
         return RunnerConfig(**self.model_dump())

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tradepipe.bus.base import (
-    DEFAULT_PARTITIONS, Bus, BusClosedError, BusError, BusURLError, Consumer, Producer, Record,
+    DEFAULT_PARTITIONS, Bus, BusClosedError, BusError, BusUnavailableError, BusURLError, Consumer, Producer, Record,
     TopicInfo, TopicPartition, UnknownTopicError,
 )
 from tradepipe.bus.partitioner import murmur2, partition_for
@@ -53,6 +53,6 @@ def open_bus(url: str, *, create: bool = True, options: Mapping[str, Any] | None
 
 
 __all__ = [
-    "DEFAULT_PARTITIONS", "Bus", "BusClosedError", "BusError", "BusURLError", "Consumer", "Producer",
+    "DEFAULT_PARTITIONS", "Bus", "BusClosedError", "BusError", "BusUnavailableError", "BusURLError", "Consumer", "Producer",
     "Record", "TopicInfo", "TopicPartition", "UnknownTopicError", "murmur2", "open_bus", "partition_for",
 ]

@@ -73,6 +73,10 @@ class BusClosedError(BusError):
     pass
 
 
+class BusUnavailableError(BusError):
+    """The broker cannot be reached now; nothing was lost, the call may be retried."""
+
+
 class Producer(ABC):
     """Buffers records; after :meth:`flush` returns they are durable (as the backend can make
     them) and visible to consumers. A backend may make them visible sooner (memory does)."""
@@ -91,8 +95,10 @@ class Producer(ABC):
         """Queue one record. Raises :class:`UnknownTopicError` here or at :meth:`flush`."""
 
     @abstractmethod
-    def flush(self) -> int:
-        """Deliver everything queued; return how many records were delivered."""
+    def flush(self, timeout_s: float | None = None) -> int:
+        """Deliver everything queued; return how many records were delivered. A network
+        backend that cannot deliver within ``timeout_s`` (None: wait as long as it takes)
+        raises :class:`BusUnavailableError`; the records stay queued for the next flush."""
 
     def close(self) -> None:
         self.flush()

@@ -97,7 +97,7 @@ class MemoryProducer(Producer):
             log.append(Record(topic, p, len(log), value, key, timestamp_ms, tuple(headers)))
         self._pending += 1
 
-    def flush(self) -> int:
+    def flush(self, timeout_s: float | None = None) -> int:
         delivered, self._pending = self._pending, 0
         with self._broker.appended:
             self._broker.appended.notify_all()

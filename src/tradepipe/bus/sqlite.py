@@ -314,7 +314,7 @@ class SQLiteProducer(Producer):
         if self._pending_count >= AUTO_FLUSH_RECORDS or self._pending_bytes >= AUTO_FLUSH_BYTES:
             self.flush()
 
-    def flush(self) -> int:
+    def flush(self, timeout_s: float | None = None) -> int:
         if not self._pending:
             return 0
         batches = [

@@ -77,7 +77,8 @@ class ServiceHost:
         self.group = group
         self.state = "starting"
         self.started = time.monotonic()
-        self.stop = threading.Event()
+        # the runner's own event when it has one, so a stop also ends its bus retries
+        self.stop = getattr(runner, "stopping", None) or threading.Event()
         self._details = details
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RunnerCollector(self))

@@ -7,6 +7,9 @@ bus calls in a worker thread (network transports). Both keep these promises:
 - a record that does not decode goes to ``dead-letter`` with the reason and its bytes;
 - an event whose id was seen lately is skipped (upstream re-deliveries);
 - a handler that raises is retried with exponential backoff, then dead-lettered;
+- while the broker is unreachable the runner stops consuming and retries the failed bus call
+  with backoff (its outputs stay queued in the producer: nothing is lost); the bus breaker
+  opens, and its transitions are published as CircuitBreakerStateChanged once it is back;
 - outputs are flushed before the group commit that covers their inputs (after every batch),
   and a checkpoint saves the service snapshot together with the input positions;
 - on start, a service restores its last checkpoint and resumes from its positions.
@@ -15,17 +18,22 @@ bus calls in a worker thread (network transports). Both keep these promises:
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 import msgspec
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from tradepipe.bus.base import DEFAULT_PARTITIONS, Bus, Record
+from tradepipe.bus.base import DEFAULT_PARTITIONS, Bus, BusUnavailableError, Record
 from tradepipe.events.codec import Codec, DecodeError, JsonCodec
 from tradepipe.events.envelope import Event, utc_from_ms
-from tradepipe.events.types import ALL_TOPICS, DeadLetter
+from tradepipe.events.types import ALL_TOPICS, CircuitBreakerStateChanged, DeadLetter
+from tradepipe.runtime.breaker import CircuitBreaker, Transition
 from tradepipe.runtime.clock import Clock, EventClock, WallClock
 from tradepipe.runtime.service import Context, Service
 from tradepipe.runtime.store import Checkpoint, CheckpointStore, checkpoint_store_for, now_ms, publish
@@ -41,6 +49,12 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Must cover what an upstream producer can re-deliver after its own crash: at most its
     # checkpoint interval times its fan-out.
     dedup_window: int = 10_000
+    flush_timeout_s: float = 10.0  # a flush slower than this counts as a bus failure (then retried)
+    bus_retry_max_s: float = 5.0  # longest wait between retries while the broker is unreachable
+
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RunnerStats(msgspec.Struct):
@@ -50,6 +64,7 @@ class RunnerStats(msgspec.Struct):
     dead_lettered: int = 0
     retries: int = 0
     checkpoints: int = 0
+    bus_failures: int = 0  # bus calls that failed because the broker was unreachable
 
 
 class DedupWindow:
@@ -128,6 +143,10 @@ class ServiceRunner:
         self._lifetime_handled = 0
         self.consumer = bus.consumer(self.group, service.inputs, instance_id=self.instance_id)
         self.producer = bus.producer()
+        self.bus_breaker = CircuitBreaker(f"bus:{self.group}", threshold=3,
+                                          recovery=timedelta(seconds=config.bus_retry_max_s))
+        self._transitions: list[Transition] = []  # to publish once the bus takes events again
+        self.stopping = threading.Event()  # set by a host to end retries on shutdown
         self._retrying = Retrying(
             stop=stop_after_attempt(config.max_attempts),
             wait=wait_exponential(multiplier=config.retry_initial_s, max=config.retry_max_s),
@@ -146,9 +165,51 @@ class ServiceRunner:
         self._lifetime_handled = checkpoint.handled
         self.consumer.set_start_offsets(checkpoint.position_map())
 
+    def _on_bus(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, retried with backoff while the broker is unreachable (the runner does
+        nothing else meanwhile: backpressure). The bus breaker records the outage."""
+        delay = self.config.retry_initial_s
+        while True:
+            try:
+                result = call()
+            except BusUnavailableError as exc:
+                self.stats.bus_failures += 1
+                self._note(self.bus_breaker.failure(datetime.now(timezone.utc), f"{what}: {exc}"))
+                if self.stopping.is_set():
+                    raise
+                log.warning("%s: bus unavailable (%s: %s); retrying in %.2f s", self.service.name, what, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self.config.bus_retry_max_s)
+                continue
+            if self.bus_breaker.state != "CLOSED":
+                self._note(self.bus_breaker.success())
+            return result
+
+    def _note(self, transition: Transition | None) -> None:
+        if transition is not None:
+            log.warning("%s: %s %s -> %s (%s)", self.service.name, transition.breaker, transition.from_state,
+                        transition.to_state, transition.reason)
+            self._transitions.append(transition)
+
+    def _flush(self) -> None:
+        self._on_bus("flush", lambda: self.producer.flush(self.config.flush_timeout_s))
+
+    def _breaker_events(self) -> list[Event]:
+        """The bus breaker's transitions since the last batch, as events (wall time: they are
+        about this process, not about the data)."""
+        events = []
+        for transition in self._transitions:
+            now = datetime.now(timezone.utc)
+            self.ctx.begin(None, key=f"breaker|{self.instance_id}|{now.isoformat()}|{transition.to_state}".encode())
+            events.append(self.ctx.emit(CircuitBreakerStateChanged, timestamp=now, breaker=transition.breaker,
+                                        from_state=transition.from_state, to_state=transition.to_state,
+                                        failures=transition.failures, reason=transition.reason))
+        self._transitions.clear()
+        return events
+
     def checkpoint(self) -> Checkpoint:
         """Snapshot state + positions + dedup window in one write, then commit the positions."""
-        self.producer.flush()
+        self._flush()
         positions = self.consumer.positions()  # as of the last poll: what the state reflects
         checkpoint = Checkpoint(
             positions=[(tp.topic, tp.partition, offset) for tp, offset in sorted(positions.items())],
@@ -159,7 +220,7 @@ class ServiceRunner:
         )
         self.checkpoints.save(self.service.name, self.group, self.instance_id, checkpoint)
         if positions:
-            self.consumer.commit(positions)
+            self._on_bus("commit", lambda: self.consumer.commit(positions))
         self._since_checkpoint = 0
         self.stats.checkpoints += 1
         return checkpoint
@@ -174,7 +235,7 @@ class ServiceRunner:
     def step(self) -> int:
         """Poll one batch, handle it, publish its outputs; checkpoint when due. Returns the
         number of records polled (0 when there was nothing)."""
-        records = self.consumer.poll(self.config.batch_size, self.config.poll_timeout_s)
+        records = self._on_bus("poll", lambda: self.consumer.poll(self.config.batch_size, self.config.poll_timeout_s))
         if records:
             self.handle_batch(records)
         elif self._live:
@@ -188,7 +249,7 @@ class ServiceRunner:
         outputs = list(self.service.on_timer(self.ctx))
         if outputs:
             self.stats.emitted += publish(self.producer, self.codec, outputs)
-            self.producer.flush()
+            self._flush()
 
     def run(self, *, until_idle: bool = False, stop: threading.Event | None = None) -> RunnerStats:
         """Loop until ``stop`` is set or, with ``until_idle``, until every assigned partition
@@ -210,17 +271,18 @@ class ServiceRunner:
 
     def handle_batch(self, records: list[Record]) -> None:
         """Handle polled records, publish their outputs and dead letters, checkpoint if due."""
-        outputs: list[Event] = []
+        outputs: list[Event] = self._breaker_events() if self._transitions else []
         for record in records:
             outputs.extend(self._handle_record(record))
         self.stats.emitted += publish(self.producer, self.codec, outputs)
-        self.producer.flush()
+        self._flush()
         if self._since_checkpoint >= self.config.checkpoint_every:
             self.checkpoint()
         else:
             # outputs are acknowledged: the group may move on (lag tools and the lockstep replay
             # read this); a restart still resumes from the checkpoint, which is never ahead of it
-            self.consumer.commit(self.consumer.positions())
+            positions = self.consumer.positions()
+            self._on_bus("commit", lambda: self.consumer.commit(positions))
 
     def _handle_record(self, record: Record) -> list[Event]:
         try:
