@@ -8,7 +8,14 @@ A :class:`SagaDefinition` is an ordered tuple of :class:`Step`\\ s. Each saga in
     RUNNING at step k --(a failing event of step k)-----> FAILED, or REJECTED if step k ``rejects``
     RUNNING at step k --(timeout of step k)-------------> TIMED_OUT
 
-Steps complete strictly in order: an event for another step than the current one is ignored.
+Steps complete strictly in order: :meth:`SagaEngine.handle` ignores an event for another step
+than the current one. On a bus, though, a service consumes its topics independently, so a
+step's event can arrive before the previous step's (an OrderPlaced before the SignalValidated
+it answers) or before the saga has started: :meth:`SagaEngine.deliver` holds such an event
+(of a later step's type, or for a saga not started yet) and applies it once its step is
+current, as if it had arrived then; whatever is still held when a saga ends goes to the late
+handlers. Held events of sagas that never start are dropped once the time all the steps
+together may take has passed (and beyond ``done_memory`` sagas, oldest first).
 On every end but COMPLETED the compensations of the steps that had completed (those that
 declare one) are produced, last step first. REJECTED is a business decision (a rule, a risk
 check), not an error: it is reported as such but compensates like FAILED, so a definition
@@ -17,7 +24,9 @@ whose earlier steps did something still has it undone.
 A step's timeout counts from when it became current, on the caller's clock: the owning service
 passes its ``ctx.now()`` (event time in backtests, wall time live) to :meth:`SagaEngine.handle`
 and calls :meth:`SagaEngine.expire` on every event it handles and in ``on_timer``, so a replay
-times out at the same events.
+times out at the same events. A timeout's ``deadline`` (when its step became current plus its
+timeout) does not depend on which event noticed it, and ``expire`` ends sagas in deadline
+order, so a service can report timeouts identically whatever the order its inputs arrived in.
 
 The engine emits nothing: it returns values (:class:`StepCompleted`, :class:`SagaEnded`,
 :class:`LateCommand`) that the service turns into events. Memory is bounded: a saga leaves the
@@ -33,7 +42,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
@@ -130,6 +139,9 @@ class SagaEnded(Generic[K, S, C]):
     compensations: tuple[Compensation[C], ...]  # in the order to issue them (reverse of the steps)
     state: S
     cause: uuid.UUID | None  # the event that ended it; for a timeout the last one it accepted
+    #: for a timeout, when its step's time ran out (else None); not part of the comparison,
+    #: as it follows from the rest
+    deadline: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,9 @@ class LateCommand(Generic[K, C]):
     step: str  # the step whose late handler answered
     outcome: Outcome  # how the saga had ended
     command: C
+
+
+Result = StepCompleted | SagaEnded | LateCommand
 
 
 # --- the engine ----------------------------------------------------------------------------
@@ -170,6 +185,14 @@ class SagaEngine(Generic[K, S, C]):
         self.done_memory = done_memory
         self.running: dict[K, _Running[S]] = {}
         self._ended: dict[K, _Ended[S]] = {}  # insertion order = age
+        #: events that came before their step, per saga, with the time they arrived, in arrival
+        #: order; insertion order of the sagas = age (for the bound on sagas never started)
+        self.held: dict[K, list[tuple[Event, datetime]]] = {}
+        self._wait_for_start = sum((step.timeout for step in self.steps), timedelta())
+        self._step_of: dict[type, list[int]] = {}  # event type -> the steps it completes or fails
+        for i, step in enumerate(self.steps):
+            for kind in dict.fromkeys((*step.completes, *step.fails)):
+                self._step_of.setdefault(kind, []).append(i)
 
     def start(self, key: K, state: S, now: datetime, cause: uuid.UUID | None = None) -> bool:
         """Start the saga ``key`` at its first step; False (nothing done) if it is running or
@@ -179,8 +202,7 @@ class SagaEngine(Generic[K, S, C]):
         self.running[key] = _Running(state, 0, now, cause)
         return True
 
-    def handle(self, key: K, event: Event, now: datetime
-               ) -> StepCompleted[K] | SagaEnded[K, S, C] | LateCommand[K, C] | None:
+    def handle(self, key: K, event: Event, now: datetime) -> Result | None:
         """Apply ``event`` to the saga ``key``: what changed, or None if nothing did (not its
         saga, not its current step, not its order ...)."""
         running = self.running.get(key)
@@ -202,16 +224,65 @@ class SagaEngine(Generic[K, S, C]):
             return self._end(key, "REJECTED" if step.rejects else "FAILED", step.name, step.fail_reason(event))
         return None
 
+    def deliver(self, key: K, event: Event, now: datetime) -> list[tuple[Event, Result]]:
+        """:meth:`handle` for events that may arrive before their step: an event of a later
+        step than the current one, or for a saga not started (nor ended lately), is held and
+        applied once its step is current. Every result, with the event that caused it, in
+        order: ``event``'s own, then those of the held events it let through."""
+        running = self.running.get(key)
+        early = key not in self._ended if running is None else self._ahead(running, event)
+        if early:
+            self._hold(key, event, now)
+            return []
+        result = self.handle(key, event, now)
+        if result is None:
+            return []
+        return [(event, result), *self.catch_up(key)]
+
+    def catch_up(self, key: K) -> list[tuple[Event, Result]]:
+        """Apply the events held for ``key`` that its current step takes, in arrival order,
+        as long as one does; once the saga has ended, hand the rest to the late handlers.
+        Every result with its event, in order."""
+        held = self.held.get(key)
+        out: list[tuple[Event, Result]] = []
+        while held:
+            running = self.running.get(key)
+            if running is None:  # ended: what is left arrived late
+                del self.held[key]
+                for event, now in held:
+                    result = self.handle(key, event, now)
+                    if result is not None:
+                        out.append((event, result))
+                break
+            ready = next((i for i, (event, _) in enumerate(held) if self._moves(running, event)), None)
+            if ready is None:
+                break
+            event, now = held.pop(ready)
+            out.append((event, self.handle(key, event, now)))
+        if key in self.held and not self.held[key]:
+            del self.held[key]
+        return out
+
     def expire(self, now: datetime) -> list[SagaEnded[K, S, C]]:
-        """End (TIMED_OUT) every saga whose current step has waited its timeout at ``now``."""
+        """End (TIMED_OUT) every saga whose current step has waited its timeout at ``now``,
+        earliest deadline first (then in the order they started), and drop the held events
+        of sagas that have not started within the time all the steps together may take. The
+        events held for a saga it ends wait for :meth:`catch_up`, which hands them to the
+        late handlers."""
         steps = self.steps
-        due = [key for key, r in self.running.items() if now - r.since >= steps[r.step].timeout]
+        due = sorted(((r.since + steps[r.step].timeout, key) for key, r in self.running.items()
+                      if now - r.since >= steps[r.step].timeout), key=lambda due: due[0])
         ended = []
-        for key in due:
+        for deadline, key in due:
             step = steps[self.running[key].step]
             waited_for = "/".join(t.__name__ for t in step.completes)
             reason = f"no {waited_for} within {step.timeout.total_seconds():g}s"
-            ended.append(self._end(key, "TIMED_OUT", step.name, reason))
+            ended.append(self._end(key, "TIMED_OUT", step.name, reason, deadline))
+        if self.held:
+            stale = [key for key, held in self.held.items() if key not in self.running
+                     and key not in self._ended and now - held[0][1] >= self._wait_for_start]
+            for key in stale:
+                del self.held[key]
         return ended
 
     def outcome(self, key: K) -> Outcome | None:
@@ -223,7 +294,28 @@ class SagaEngine(Generic[K, S, C]):
         running = self.running.get(key)
         return self.steps[running.step].name if running is not None else None
 
-    def _end(self, key: K, outcome: Outcome, failed_step: str, reason: str) -> SagaEnded[K, S, C]:
+    def _moves(self, running: _Running[S], event: Event) -> bool:
+        """Whether ``event`` completes or fails the current step of ``running``."""
+        step = self.steps[running.step]
+        kind = type(event)
+        return (kind in step.completes or kind in step.fails) and step.concerns(running.state, event)
+
+    def _ahead(self, running: _Running[S], event: Event) -> bool:
+        """Whether ``event`` is for a later step than the current one (and not this one's)."""
+        return not self._moves(running, event) and any(i > running.step for i in self._step_of.get(type(event), ()))
+
+    def _hold(self, key: K, event: Event, now: datetime) -> None:
+        held = self.held.get(key)
+        if held is None:
+            if key not in self.running:  # a saga not started: bounded, the oldest go first
+                waiting = [k for k in self.held if k not in self.running]
+                if len(waiting) >= self.done_memory:
+                    del self.held[waiting[0]]
+            held = self.held[key] = []
+        held.append((event, now))
+
+    def _end(self, key: K, outcome: Outcome, failed_step: str, reason: str,
+             deadline: datetime | None = None) -> SagaEnded[K, S, C]:
         running = self.running.pop(key)
         completed = self.steps[:running.step]
         compensations = () if outcome == "COMPLETED" else tuple(
@@ -232,7 +324,7 @@ class SagaEngine(Generic[K, S, C]):
         )
         self._remember(key, _Ended(outcome, running.state))
         return SagaEnded(key, outcome, tuple(s.name for s in completed), failed_step, reason, compensations,
-                         running.state, running.cause)
+                         running.state, running.cause, deadline)
 
     def _late(self, key: K, ended: _Ended[S], event: Event) -> LateCommand[K, C] | None:
         if ended.outcome == "COMPLETED":
@@ -252,11 +344,13 @@ class SagaEngine(Generic[K, S, C]):
 
     # -- state ----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, list]:
-        """Running sagas (key, current step's name, since, cause, data) and the remembered
-        ended ones (key, outcome, data), oldest first. Plain builtins."""
+        """Running sagas (key, current step's name, since, cause, data), the remembered ended
+        ones (key, outcome, data), oldest first, and the held events (key, [[event, arrival
+        time], ...]). Plain builtins."""
         return msgspec.to_builtins({
             "running": [[key, self.steps[r.step].name, r.since, r.cause, r.state] for key, r in self.running.items()],
             "ended": [[key, e.outcome, e.state] for key, e in self._ended.items()],
+            "held": [[key, [[event, now] for event, now in held]] for key, held in self.held.items()],
         })
 
     def restore(self, state: dict[str, list]) -> None:
@@ -271,9 +365,15 @@ class SagaEngine(Generic[K, S, C]):
         self._ended = {}
         for key, outcome, data in state["ended"]:
             self._remember(msgspec.convert(key, key_type), _Ended(outcome, msgspec.convert(data, state_type)))
+        kinds = {kind.__name__: kind for kind in self._step_of}
+        self.held = {
+            msgspec.convert(key, key_type): [
+                (msgspec.convert(event, kinds[event["type"]]), msgspec.convert(now, datetime)) for event, now in held]
+            for key, held in state.get("held", ())  # snapshots from before held events: none
+        }
 
 
 __all__ = [
-    "DONE_MEMORY", "Compensation", "LateCommand", "Outcome", "SagaDefinition", "SagaEnded", "SagaEngine", "Step",
-    "StepCompleted",
+    "DONE_MEMORY", "Compensation", "LateCommand", "Outcome", "Result", "SagaDefinition", "SagaEnded", "SagaEngine",
+    "Step", "StepCompleted",
 ]

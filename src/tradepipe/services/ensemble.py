@@ -8,6 +8,13 @@ prediction in event time (checked on every incoming event and in ``on_timer``), 
 services that did not answer listed in ``missingModels``. A prediction arriving after its
 group was combined is not combined again (it is still scored).
 
+The signal does not depend on the order the predictions of a group arrived in (on a bus the
+model services publish to the topic independently): contributors are taken in ``producers``
+order, and the causationId (whose id also seeds the signal's) is the prediction of the last
+expected producer that answered (the one that completes a group in process, where the model
+services answer in that order), or, for a group the deadline closed, the latest prediction
+(the first producer's among equals).
+
 Weights: each model's rolling **live hit rate** over its last ``hit_window`` resolved
 predictions, smoothed with ``prior_weight`` pseudo-observations at its validation accuracy
 (``model.accuracy`` of its predictions, 1/3 when unknown)::
@@ -115,7 +122,7 @@ class EnsembleCoordinator(Service):
 
     # -- handling -------------------------------------------------------------------------
     def handle(self, event: Event, ctx: Context) -> list[Event]:
-        out = self._expire(ctx.now(), ctx) if self.groups else []
+        out = self._expire(ctx.now(), ctx, event) if self.groups else []
         if type(event) is not PredictionGenerated:
             return out
         producer = event.metadata.producer
@@ -137,11 +144,11 @@ class EnsembleCoordinator(Service):
         return out
 
     def on_timer(self, ctx: Context) -> list[Event]:
-        return self._expire(ctx.now(), ctx)
+        return self._expire(ctx.now(), ctx, None)
 
-    def _expire(self, now: datetime, ctx: Context) -> list[Event]:
+    def _expire(self, now: datetime, ctx: Context, handling: Event | None) -> list[Event]:
         due = [key for key, group in self.groups.items() if now - group.first_seen >= self.deadline]
-        return [self._combine(key, self.groups.pop(key), ctx) for key in due]
+        return [self._combine(key, self.groups.pop(key), ctx, handling) for key in due]
 
     # -- scoring --------------------------------------------------------------------------
     @property
@@ -184,15 +191,19 @@ class EnsembleCoordinator(Service):
 
     # -- combining ------------------------------------------------------------------------
     def _combine(self, key: tuple[Any, str], group: _Group, ctx: Context,
-                 completing: PredictionGenerated | None = None) -> TradingSignalGenerated:
+                 handling: Event | None) -> TradingSignalGenerated:
+        """The signal of ``group`` (complete, or closed by its deadline), found while
+        ``handling`` an event (None: on a timer)."""
         self._remember(key)
         contributors = []  # (producer, prediction, weight)
         missing = []
+        answered = []  # the predictions, in producers order
         for producer in dict.fromkeys(self.producers):
             p = group.predictions.get(producer)
             if p is None:
                 missing.append(producer)
                 continue
+            answered.append(p)
             # a fallback answer is weighed as its service's model
             model = (self.model_of.get(producer) or p.model.name) if p.fallback else p.model.name
             contributors.append((producer, p, self.weight(model, p.model.accuracy)))
@@ -207,8 +218,12 @@ class EnsembleCoordinator(Service):
         agreeing = [p.prediction for _, p, _ in contributors if p.prediction.direction == direction]
         targets = [a.target_price for a in agreeing if a.target_price is not None]
         stops = [a.stop_loss for a in agreeing if a.stop_loss is not None]
-        first = next(iter(group.predictions.values()))
-        last = completing or max(group.predictions.values(), key=lambda e: e.timestamp)
+        first = answered[0]
+        if missing:  # the latest; max keeps the first of equals
+            last = max(answered, key=lambda e: e.timestamp)
+        else:
+            last = answered[-1]
+        ctx.begin(handling, key=last.event_id.bytes)  # the signal's id: as if ``last`` were being handled
         self.signals += 1
         if missing:
             self.partial_signals += 1
@@ -225,7 +240,7 @@ class EnsembleCoordinator(Service):
             ],
             missing_models=missing,
             bar_time=first.bar_time,
-            price=next((p.price for p in group.predictions.values() if p.price is not None), None),
+            price=next((p.price for p in answered if p.price is not None), None),
             target_price=sum(targets) / len(targets) if targets and direction != "HOLD" else None,
             stop_loss=sum(stops) / len(stops) if stops and direction != "HOLD" else None,
             symbol=first.symbol,

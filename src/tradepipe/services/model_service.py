@@ -10,8 +10,11 @@ the same code training used), predicts with ONNX Runtime and emits a PredictionG
 - ``timeHorizon``: the card's horizon ("5m"); ``model``: card name, validation accuracy, and
   the wall time of the call (``inferenceTime``, e.g. "23us");
 - ``timeframe``, ``barTime``, ``price`` so the ensemble can score the prediction later;
-- correlationId: the bar's (the tick that closed it), causationId: the features event that
-  completed the join (or, for a join the deadline closed, the last group that arrived).
+- correlationId: the bar's (the tick that closed it), causationId: the bar's group that comes
+  last in the in-process dispatch (technical analysis; microstructure comes first, from the
+  tick itself, then feature engineering and technical analysis from the bar), the one that
+  completes the join in process. On a bus the groups arrive in any order: the prediction's
+  causationId, and the ids derived from it, stay those of that group all the same.
 
 Only the model's own timeframe is handled, and only the feature groups that publish the raw
 features its inputs need are joined (always feature engineering, for ``close`` and the trend
@@ -74,6 +77,8 @@ from tradepipe.runtime.breaker import CircuitBreaker, Transition
 from tradepipe.runtime.service import Context, Service
 
 FE, TA, MM = FEATURE_GROUPS
+#: a bar's groups in the order the in-process kernel hands them over (see ``causationId``)
+DISPATCH_RANK = {MM: 0, FE: 1, TA: 2}
 
 #: which feature group publishes each raw feature (derived from the feature code itself)
 FEATURE_GROUP_OF: dict[str, str] = {
@@ -244,7 +249,7 @@ class ModelService(Service):
         join = self.join
         if join.in_flight:
             for late in join.expire(ctx.now()):
-                self._on_joined(late, ctx, out)
+                self._on_joined(late, ctx, out, event)
         if (type(event) is not FeaturesCalculated or event.timeframe != self.timeframe
                 or event.group not in self._groups or event.bar_time is None):
             return out
@@ -253,16 +258,17 @@ class ModelService(Service):
             return out  # a group of a bar already handed out (late, or re-published)
         joined = join.add(event)
         if joined is not None:
-            self._on_joined(joined, ctx, out)
+            self._on_joined(joined, ctx, out, event)
         return out
 
     def on_timer(self, ctx: Context) -> list[Event]:
         out: list[Event] = []
         for late in self.join.expire(ctx.now()):
-            self._on_joined(late, ctx, out)
+            self._on_joined(late, ctx, out, None)
         return out
 
-    def _on_joined(self, joined: JoinedFeatures, ctx: Context, out: list[Event]) -> None:
+    def _on_joined(self, joined: JoinedFeatures, ctx: Context, out: list[Event], handling: Event | None) -> None:
+        """Predict ``joined`` (found while ``handling`` an event, or on a timer)."""
         symbol, bar_time, features = joined.symbol, joined.bar_time, joined.features
         previous = self.last_bar.get(symbol)
         if previous is not None and bar_time <= previous:
@@ -270,11 +276,10 @@ class ModelService(Service):
             return  # longer than a bar): predicting it now would put the LSTM window out of order
         self.last_bar[symbol] = bar_time
         first = joined.sources[0]
-        ids = {
-            "symbol": symbol,
-            "correlation_id": first.correlation_id or first.event_id,
-            "causation_id": joined.last.event_id,  # the group that completed the bar, or came last
-        }
+        cause = max(joined.sources, key=lambda source: DISPATCH_RANK[source.group])
+        ctx.begin(handling, key=cause.event_id.bytes)  # the outputs' ids: as if ``cause`` had completed it
+        ids = {"symbol": symbol, "correlation_id": first.correlation_id or first.event_id,
+               "causation_id": cause.event_id}
         vector = self.vector(features)
         if self.window > 1:
             window = self.windows.get(symbol)

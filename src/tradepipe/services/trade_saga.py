@@ -1,8 +1,10 @@
 """Trade saga (R3.4): the trading workflow of one bar, from its features to its fill, keyed by
 correlationId, with a timeout per step and compensations run in reverse order.
 
-The bar's FeaturesCalculated of the models' timeframe start a saga (once per correlationId,
-although three feature groups arrive); then, on the :mod:`tradepipe.runtime.saga` engine:
+The bar's feature-engineering FeaturesCalculated of the models' timeframe starts a saga (every
+bar has that group, built from ticks or read from a bar file; the other groups start nothing,
+so the saga's start does not depend on which group arrives first); then, on the
+:mod:`tradepipe.runtime.saga` engine:
 
 1. ``signal``: TradingSignalGenerated of that timeframe; timeout ``signal_timeout_s``.
 2. ``validation``: SignalValidated; SignalRejected ends it REJECTED (reason: the failing
@@ -30,6 +32,14 @@ completing (it had timed out or failed and compensated) is flattened: a TradingC
 
 Timeouts are in event time (``ctx.now()``): checked on every event handled and in
 ``on_timer`` (live), so a backtest's sagas end at the same events on every replay.
+
+Arrival order (a bus). The four input topics are consumed independently, so a step's event
+can come before the previous step's (an OrderPlaced before its SignalValidated) or before the
+features that start the saga. Such an event is held and applied once its step is current
+(:meth:`~tradepipe.runtime.saga.SagaEngine.deliver`), and what it causes is emitted as if it
+had been handled then: ids derived from that event, at its time. A timeout's events do not
+depend on which event noticed it either: they are stamped with the step's deadline and their
+ids derive from the saga's correlationId; sagas timing out together end in deadline order.
 """
 
 from __future__ import annotations
@@ -58,10 +68,13 @@ from tradepipe.events.types import (
     TradingCommand,
     TradingSignalGenerated,
 )
-from tradepipe.runtime.saga import DONE_MEMORY, LateCommand, Outcome, SagaDefinition, SagaEnded, SagaEngine, Step
+from tradepipe.runtime.saga import (
+    DONE_MEMORY, LateCommand, Outcome, Result, SagaDefinition, SagaEnded, SagaEngine, Step,
+)
 from tradepipe.runtime.service import Context, Service
 
 ENDED_AS = {"COMPLETED": "completed", "TIMED_OUT": "timed out", "FAILED": "failed", "REJECTED": "was rejected"}
+START_GROUP = "feature-engineering"  # the feature group whose event starts a bar's saga
 
 
 class TradeState(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,33 +170,52 @@ class TradeSaga(Service):
 
     def handle(self, event: Event, ctx: Context) -> list[Event]:
         now = ctx.now()
-        out = self._expire(now, ctx) if self.sagas.running else []
+        sagas = self.sagas
+        out = self._expire(now, ctx) if sagas.running or sagas.held else []
         kind = type(event)
         key = event.correlation_id or event.event_id
         if kind is FeaturesCalculated:
-            if event.timeframe == self.timeframe:
-                self.sagas.start(key, TradeState(symbol=event.symbol or ""), now, event.event_id)
+            if (event.group != START_GROUP or event.timeframe != self.timeframe
+                    or not sagas.start(key, TradeState(symbol=event.symbol or ""), now, event.event_id)):
+                return out
+            results = sagas.catch_up(key)  # steps whose events came before the features
         elif kind in self._moves_sagas:
-            result = self.sagas.handle(key, event, now)
-            if isinstance(result, SagaEnded):
-                out.extend(self._report(result, ctx))
-            elif isinstance(result, LateCommand):
-                self.late_commands += 1
-                out.append(ctx.emit(TradingCommand, command=result.command.command, order_id=result.command.order_id,
-                                    reason=f"late {result.step} after saga {ENDED_AS[result.outcome]}",
-                                    correlation_id=result.key))
+            results = sagas.deliver(key, event, now)
+        else:
+            return out
+        for cause, result in results:
+            ctx.begin(cause)  # as if ``cause`` were being handled: its ids, its time
+            out.extend(self._outcome(result, ctx))
         return out
 
     def on_timer(self, ctx: Context) -> list[Event]:
         return self._expire(ctx.now(), ctx)
 
     def _expire(self, now: datetime, ctx: Context) -> list[Event]:
-        return [e for ended in self.sagas.expire(now) for e in self._report(ended, ctx)]
+        out: list[Event] = []
+        for ended in self.sagas.expire(now):
+            ctx.begin(None, key=b"saga-timeout|" + ended.key.bytes)
+            out += self._report(ended, ctx)
+            for cause, result in self.sagas.catch_up(ended.key):  # its held events, now late
+                ctx.begin(cause)
+                out += self._outcome(result, ctx)
+        return out
+
+    def _outcome(self, result: Result, ctx: Context) -> list[Event]:
+        if isinstance(result, SagaEnded):
+            return self._report(result, ctx)
+        if isinstance(result, LateCommand):
+            self.late_commands += 1
+            return [ctx.emit(TradingCommand, command=result.command.command, order_id=result.command.order_id,
+                             reason=f"late {result.step} after saga {ENDED_AS[result.outcome]}",
+                             correlation_id=result.key)]
+        return []  # a step completed: nothing to report yet
 
     def _report(self, ended: SagaEnded[uuid.UUID, TradeState, OrderCommand], ctx: Context) -> list[Event]:
-        """The compensation commands, then the SagaCompleted."""
+        """The compensation commands, then the SagaCompleted (a timeout's at its deadline)."""
         self.outcomes[ended.outcome] += 1
-        envelope = {"correlation_id": ended.key, "causation_id": ended.cause, "symbol": ended.state.symbol or None}
+        envelope = {"correlation_id": ended.key, "causation_id": ended.cause, "symbol": ended.state.symbol or None,
+                    "timestamp": ended.deadline}
         why = f"saga compensation: {ended.failed_step} {ENDED_AS[ended.outcome]} ({ended.reason})"
         out: list[Event] = [
             ctx.emit(TradingCommand, command=c.command.command, order_id=c.command.order_id, reason=why, **envelope)

@@ -28,6 +28,15 @@ a symbol never holds both sides. A position exits at its horizon: ``exit_after_b
 the signal's timeframe after its fill (the horizon the models' labels look at, counted from
 the fill so that an entry on the first tick after a gap is not closed at once).
 
+A signal is priced on the tick that closed its bar: in process it always comes right after
+that tick. On a bus the validated-signals topic is consumed apart from market data, so a
+signal can arrive first; one whose bar ended after the symbol's last quote waits, and is
+handled right after the first tick at or after its bar's end (the tick that closed the bar:
+the first of a new bar), under its own ids and time, as in process. (A signal for a symbol
+with no quote at all is refused at once, as before: on a bus that can only be the symbol's
+first bar, which the volatility rule's ATR warm-up never validates.) Market data is assumed
+consumed in the order it was published, across symbols too: the account marks every symbol.
+
 **Exits** are market orders like any other (OrderPlaced, OrderExecuted, then PositionClosed
 with the PnL after both legs' commissions) with the correlationId of the signal that opened
 the position; their order ids hash the event that caused them with the position id. A close
@@ -46,8 +55,8 @@ account), raises a warning alert and the old settings stay.
 
 **State** (snapshot/restore): the account and its positions, the last quote per symbol, the
 halt reason, the counters, the settings as live updates left them (a restarted engine keeps
-them: the updates are not replayed from before its checkpoint) and the broker's own state
-(MT5 position tickets).
+them: the updates are not replayed from before its checkpoint), the signals waiting for their
+tick, and the broker's own state (MT5 position tickets).
 """
 
 from __future__ import annotations
@@ -125,9 +134,11 @@ class TradingEngine(Service):
         self.max_drawdown_seen = 0.0
         # position id -> (no exit order before this time, closes refused so far)
         self.close_retry: dict[str, tuple[datetime, int]] = {}
+        #: symbol -> validated signals that arrived before the tick closing their bar, in order
+        self.waiting: dict[str, list[SignalValidated]] = {}
         self._quiet_ratio = self._ratio_without_alarm()
         self._handlers: dict[type, Callable[[Any, Context], list[Event]]] = {
-            SignalValidated: self._on_signal,
+            SignalValidated: self._on_validated,
             TradingCommand: self._on_command,
             ConfigurationUpdated: self._on_configuration,
         }
@@ -139,6 +150,8 @@ class TradingEngine(Service):
     # -- dispatch -------------------------------------------------------------------------
     def handle(self, event: Event, ctx: Context) -> Iterable[Event]:
         if type(event) is MarketDataReceived:
+            if self.waiting:
+                return self._tick_releasing(event, ctx)
             tick = event.data
             symbol = event.symbol
             self.quotes[symbol] = tick
@@ -159,6 +172,28 @@ class TradingEngine(Service):
         return handler(event, ctx) if handler is not None else NOTHING
 
     # -- ticks ----------------------------------------------------------------------------
+    def _tick_releasing(self, event: MarketDataReceived, ctx: Context) -> list[Event]:
+        """A tick while signals wait: handled as any tick (the ordinary path, with nothing
+        waiting for the moment), then the signals of its symbol whose bar it closed."""
+        waiting, self.waiting = self.waiting, {}
+        try:
+            out = list(self.handle(event, ctx))
+        finally:
+            self.waiting = waiting
+        signals = waiting.get(event.symbol)
+        if signals:
+            now = event.data.timestamp
+            ready = [s for s in signals if _bar_end(s) <= now]
+            if ready:
+                if len(ready) == len(signals):
+                    del waiting[event.symbol]
+                else:
+                    signals[:] = [s for s in signals if s not in ready]
+                for signal in ready:
+                    ctx.begin(signal)  # as if it were being handled: its ids, its time
+                    out += self._on_signal(signal, ctx)
+        return out
+
     def _ratio_without_alarm(self) -> float:
         """The share of peak equity at or above which equity is neither a new largest
         drawdown nor a kill-switch trip (see the module docstring)."""
@@ -209,6 +244,13 @@ class TradingEngine(Service):
         return out
 
     # -- signals --------------------------------------------------------------------------
+    def _on_validated(self, signal: SignalValidated, ctx: Context) -> list[Event]:
+        tick = self.quotes.get(signal.symbol)
+        if tick is not None and signal.bar_time is not None and tick.timestamp < _bar_end(signal):
+            self.waiting.setdefault(signal.symbol, []).append(signal)  # its bar's closing tick is still to come
+            return []
+        return self._on_signal(signal, ctx)
+
     def _on_signal(self, signal: SignalValidated, ctx: Context) -> list[Event]:
         order_id = order_id_for(signal.event_id.bytes)
         symbol, side = signal.symbol, signal.direction
@@ -269,11 +311,7 @@ class TradingEngine(Service):
         bars = self.settings.exit_after_bars or self.horizon_bars
         if bars is None:
             return None
-        try:
-            bar = timedelta(milliseconds=timeframe_ms(signal.timeframe or DEFAULT_TIMEFRAME))
-        except ValueError:
-            bar = timedelta(milliseconds=timeframe_ms(DEFAULT_TIMEFRAME))
-        return ctx.now() + bar * bars
+        return ctx.now() + _bar_length(signal) * bars
 
     def _refuse(self, ctx: Context, order_id: str, reason: str) -> list[Event]:
         self.counters["rejected_by_risk"] += 1
@@ -393,6 +431,7 @@ class TradingEngine(Service):
             "counters": dict(self.counters),
             "max_drawdown_seen": self.max_drawdown_seen,
             "close_retry": {pid: [at.isoformat(), refusals] for pid, (at, refusals) in self.close_retry.items()},
+            "waiting": {symbol: msgspec.to_builtins(signals) for symbol, signals in self.waiting.items()},
             "broker": self.broker.snapshot(),
         }
 
@@ -408,8 +447,23 @@ class TradingEngine(Service):
         self.max_drawdown_seen = state["max_drawdown_seen"]
         self.close_retry = {pid: (datetime.fromisoformat(at), refusals)
                             for pid, (at, refusals) in state.get("close_retry", {}).items()}
+        self.waiting = {symbol: msgspec.convert(signals, list[SignalValidated])
+                        for symbol, signals in state.get("waiting", {}).items()}
         self._quiet_ratio = self._ratio_without_alarm()
         self.broker.restore(state["broker"])
+
+
+def _bar_length(signal: SignalValidated) -> timedelta:
+    """The length of ``signal``'s bar (its timeframe's; the default for none or a bad one)."""
+    try:
+        return timedelta(milliseconds=timeframe_ms(signal.timeframe or DEFAULT_TIMEFRAME))
+    except ValueError:
+        return timedelta(milliseconds=timeframe_ms(DEFAULT_TIMEFRAME))
+
+
+def _bar_end(signal: SignalValidated) -> datetime:
+    """When ``signal``'s bar ended: the tick that closed it is the first at or after this."""
+    return signal.bar_time + _bar_length(signal)
 
 
 __all__ = ["TradingEngine", "order_id_for"]

@@ -17,6 +17,19 @@ groups are dropped on a type and string compare. A signal whose bar has no featu
 were lost, or arrive later on another partition) is still judged: the rules that needed them
 fail or are "not checked", naming the bar.
 
+Arrival order (a bus). In process the features always come first; on a bus the signal can
+arrive before its bar's features (another topic). So when the rules in force read the bar
+(spread, volatility, candles), a signal waits until its bar's technical-analysis group has
+arrived and, for a bar built from ticks, its microstructure group too (a bar read from a file
+has none: its features' causationId, the bar, is their correlationId, the root). A signal
+whose bar has no features at all waits only while they are surely on their way: the feed of
+its (symbol, timeframe) has sent nothing yet, or its newest bar closed within the signal's bar
+(by the tick that opened it, as the time of that bar's features or of its signal tells: the
+feed is live up to this bar); otherwise its features were lost and it is judged at once, as
+before. A waiting signal is judged, with what is known, once ``FEATURES_WAIT`` of event time
+has passed (any later input, or ``on_timer``). Either way the verdict is emitted as if the
+signal were being handled: its ids and time do not depend on when the features came.
+
 ``max_trades_per_hour`` counts this symbol's validated signals in the hour of event time up
 to the signal; their times are kept in a deque per symbol, pruned to the last hour when one
 is added (and capped at ``MAX_TRADE_TIMES``).
@@ -37,7 +50,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -58,9 +71,22 @@ FACT_FEATURES = {
     "market-microstructure": ("spread_mean", "mid_close"),
     "technical-analysis": ("atr_14", "cdl_engulfing", "cdl_hammer", "cdl_doji"),
 }
+MICROSTRUCTURE, TECHNICAL = FACT_FEATURES
 HOLD_VERDICT = RuleVerdict(rule="direction", passed=False, detail="HOLD: nothing to trade")
+#: the rules that read the bar's features (the others judge the signal alone)
+FACT_RULES = frozenset({"spread_ceiling", "volatility_regime", "candlestick_confirmation"})
+#: the longest a signal waits for its bar's features (as long as the models wait for a bar's
+#: groups, ``models.join_deadline_s``)
+FEATURES_WAIT = timedelta(seconds=5)
 
 BarValues = dict[str, float | None]
+
+
+class Feed(msgspec.Struct):
+    """What the validator knows of the feature feed of one (symbol, timeframe)."""
+
+    from_ticks: bool  # its bars are built from ticks: they have a microstructure group
+    last_close: datetime  # when its newest bar closed: the time of its features, or of its signal
 
 
 class PatternValidator(Service):
@@ -75,6 +101,9 @@ class PatternValidator(Service):
         self.features: dict[tuple[str | None, str], dict[datetime, BarValues]] = {}
         #: symbol -> event times of its validated signals, oldest first
         self.trade_times: dict[str | None, deque[datetime]] = {}
+        self.feeds: dict[tuple[str | None, str], Feed] = {}
+        #: signals waiting for their bar's features, in arrival order
+        self.waiting: list[TradingSignalGenerated] = []
         self.validated = 0
         self.rejected = 0
         self.rejected_by_rule: Counter[str] = Counter()
@@ -88,18 +117,64 @@ class PatternValidator(Service):
     def settings(self, settings: ValidatorSettings) -> None:
         self._settings = settings
         self._rules: tuple[Rule, ...] = tuple(RULES[name] for name in settings.rules)
+        self._reads_bars = not FACT_RULES.isdisjoint(settings.rules)
 
     # -- handling -------------------------------------------------------------------------
     def handle(self, event: Event, ctx: Context) -> Iterable[Event]:
+        out = self._judge_overdue(ctx.now(), ctx, event) if self.waiting else []
         kind = type(event)
         if kind is FeaturesCalculated:
             self._remember(event)
-            return ()
-        if kind is TradingSignalGenerated:
-            return (self._decide(event, ctx),)
-        if kind is ConfigurationUpdated:
-            return self._configure(event, ctx)
-        return ()
+            if self.waiting:
+                out += self._judge_ready(ctx, event)
+        elif kind is TradingSignalGenerated:
+            if self._reads_bars and self._awaits_features(event):
+                self.waiting.append(event)
+            else:
+                out.append(self._decide(event, ctx))
+            feed = self.feeds.get((event.symbol, event.timeframe))
+            if feed is not None:  # the signal's time is when its bar closed
+                feed.last_close = max(feed.last_close, event.timestamp)
+        elif kind is ConfigurationUpdated:
+            out += self._configure(event, ctx)
+        return out or ()
+
+    def on_timer(self, ctx: Context) -> list[Event]:
+        return self._judge_overdue(ctx.now(), ctx, None)
+
+    def _awaits_features(self, signal: TradingSignalGenerated) -> bool:
+        """Whether ``signal``'s bar features are still on their way (see the module docstring)."""
+        bar_time = signal.bar_time
+        if bar_time is None:
+            return False
+        key = (signal.symbol, signal.timeframe)
+        feed = self.feeds.get(key)
+        if feed is None:
+            return True  # nothing from this feed yet: the first bar's features are coming
+        values = self.features[key].get(bar_time)
+        if values is not None:  # some groups came: are the others still to come?
+            return not _arrived(values, TECHNICAL) or feed.from_ticks and not _arrived(values, MICROSTRUCTURE)
+        return max(self.features[key]) < bar_time <= feed.last_close
+
+    def _judge_ready(self, ctx: Context, handling: Event) -> list[Event]:
+        ready = [s for s in self.waiting if not self._awaits_features(s)]
+        return self._judge(ready, ctx, handling) if ready else []
+
+    def _judge_overdue(self, now: datetime, ctx: Context, handling: Event | None) -> list[Event]:
+        overdue = [s for s in self.waiting if now - s.timestamp >= FEATURES_WAIT]
+        return self._judge(overdue, ctx, handling) if overdue else []
+
+    def _judge(self, signals: list[TradingSignalGenerated], ctx: Context, handling: Event | None) -> list[Event]:
+        """Decide waiting ``signals``, each as if it were being handled (its ids, its time),
+        then go back to ``handling`` (None: a timer)."""
+        self.waiting = [s for s in self.waiting if s not in signals]
+        out: list[Event] = []
+        for signal in signals:
+            ctx.begin(signal)
+            out.append(self._decide(signal, ctx))
+        if handling is not None:
+            ctx.begin(handling)
+        return out
 
     def _remember(self, event: FeaturesCalculated) -> None:
         names = FACT_FEATURES.get(event.group)
@@ -107,6 +182,14 @@ class PatternValidator(Service):
         if names is None or bar_time is None:
             return
         key = (event.symbol, event.timeframe)
+        # microstructure comes from ticks; a bar read from a file is its features' root
+        from_ticks = event.group == MICROSTRUCTURE or event.causation_id != event.correlation_id
+        feed = self.feeds.get(key)
+        if feed is None:
+            self.feeds[key] = Feed(from_ticks, event.timestamp)
+        else:
+            feed.from_ticks = feed.from_ticks or from_ticks
+            feed.last_close = max(feed.last_close, event.timestamp)
         bars = self.features.get(key)
         if bars is None:
             bars = self.features[key] = {}
@@ -176,12 +259,14 @@ class PatternValidator(Service):
 
     # -- state ----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """The live settings, the remembered bar features, the validated-signal times and the
-        counters. Plain builtins."""
+        """The live settings, the remembered bar features and feeds, the waiting signals, the
+        validated-signal times and the counters. Plain builtins."""
         return msgspec.to_builtins({
             "settings": self._settings.model_dump(mode="json"),
             "features": [[symbol, timeframe, [[t, values] for t, values in bars.items()]]
                          for (symbol, timeframe), bars in self.features.items()],
+            "feeds": [[symbol, timeframe, feed] for (symbol, timeframe), feed in self.feeds.items()],
+            "waiting": self.waiting,
             "trade_times": [[symbol, list(times)] for symbol, times in self.trade_times.items()],
             "validated": self.validated,
             "rejected": self.rejected,
@@ -198,9 +283,18 @@ class PatternValidator(Service):
             symbol: deque(msgspec.convert(times, list[datetime]), maxlen=MAX_TRADE_TIMES)
             for symbol, times in state["trade_times"]
         }
+        # snapshots from before feeds and waiting signals: none
+        self.feeds = {(symbol, timeframe): msgspec.convert(feed, Feed)
+                      for symbol, timeframe, feed in state.get("feeds", ())}
+        self.waiting = msgspec.convert(state.get("waiting", []), list[TradingSignalGenerated])
         self.validated = state["validated"]
         self.rejected = state["rejected"]
         self.rejected_by_rule = Counter(state["rejected_by_rule"])
+
+
+def _arrived(values: BarValues, group: str) -> bool:
+    """Whether ``group``'s features are among a bar's ``values`` (a group sets all its facts)."""
+    return FACT_FEATURES[group][0] in values
 
 
 __all__ = ["PatternValidator"]
