@@ -228,6 +228,21 @@ class Bus(ABC):
         return [TopicPartition(t, p) for t in topics for p in range(self.topic(t).partitions)]
 
 
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def check_record_types(value: object, key: object, headers: Sequence[tuple[str, bytes]]) -> None:
+    """Refuse, at send, a record a backend could not store or decode back: a stored record must
+    never poison a partition."""
+    if not isinstance(value, _BYTES):
+        raise TypeError(f"a record value must be bytes, not {type(value).__name__}")
+    if key is not None and not isinstance(key, _BYTES):
+        raise TypeError(f"a record key must be bytes or None, not {type(key).__name__}")
+    for header in headers:
+        if len(header) != 2 or not isinstance(header[0], str) or not isinstance(header[1], _BYTES):
+            raise TypeError(f"a header must be a (str, bytes) pair, not {header!r}")
+
+
 def assign_partitions(
     subscriptions: Mapping[str, Iterable[str]], partition_counts: Mapping[str, int]
 ) -> dict[str, frozenset[TopicPartition]]:

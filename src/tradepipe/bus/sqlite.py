@@ -34,7 +34,7 @@ import msgspec
 
 from tradepipe.bus.base import (
     DEFAULT_PARTITIONS, Bus, BusClosedError, BusError, BusURLError, Consumer, LogConsumer,
-    Producer, Record, TopicInfo, TopicPartition, UnknownTopicError, assign_partitions,
+    Producer, Record, TopicInfo, TopicPartition, UnknownTopicError, assign_partitions, check_record_types,
 )
 from tradepipe.bus.partitioner import partition_for
 
@@ -107,22 +107,8 @@ def _decode_batch(blob: bytes, topic: str, partition: int, base_offset: int) -> 
         ) from None
 
 
-_BYTES = (bytes, bytearray, memoryview)
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _check_types(value: object, key: object, headers: Headers) -> None:
-    """Refuse what the batch decoder would reject: a stored batch must never poison a partition."""
-    if not isinstance(value, _BYTES):
-        raise TypeError(f"a record value must be bytes, not {type(value).__name__}")
-    if key is not None and not isinstance(key, _BYTES):
-        raise TypeError(f"a record key must be bytes or None, not {type(key).__name__}")
-    for header in headers:
-        if len(header) != 2 or not isinstance(header[0], str) or not isinstance(header[1], _BYTES):
-            raise TypeError(f"a header must be a (str, bytes) pair, not {header!r}")
 
 
 class SQLiteOptions(msgspec.Struct, frozen=True):
@@ -306,7 +292,7 @@ class SQLiteProducer(Producer):
         else:
             partition = partition_for(key, len(logs))
         headers = tuple(headers)
-        _check_types(value, key, headers)
+        check_record_types(value, key, headers)
         entry = (_now_ms() if timestamp_ms is None else int(timestamp_ms), key, value, headers)
         self._pending.setdefault(logs[partition], []).append(entry)
         self._pending_count += 1
