@@ -228,8 +228,8 @@ def _state_store(settings: Settings, state: str | None, bus_obj: Bus):
     url = settings.bus.url
     if state is None and url.startswith("kafka://"):
         state = "sqlite:///tradepipe-state.db"
-    elif state is None and url.startswith("redis://"):
-        state = url.split("?", 1)[0] + f"?prefix={settings.bus.redis.prefix}"
+    elif state is None and url.startswith("redis://"):  # the bus's own server and key prefix
+        state = url.split("?", 1)[0] + f"?prefix={bus_obj.options.prefix}"
     try:
         return checkpoint_store_from_url(state) if state is not None else checkpoint_store_for(bus_obj)
     except ValueError as exc:
@@ -584,6 +584,15 @@ def _print_training(result) -> None:
 
 # --- topics ------------------------------------------------------------------------------------
 
+def _retention_text(retention_ms: int | None) -> str:
+    if retention_ms is None:
+        return "forever"
+    for unit, ms in (("d", 86_400_000), ("h", 3_600_000)):
+        if retention_ms >= ms:
+            return f"{retention_ms / ms:g} {unit}"
+    return f"{retention_ms / 1000:g} s"
+
+
 @topics_app.command("list")
 def topics_list(bus: BusOption = None, config: ConfigOption = None) -> None:
     """Topics with their partitions, record counts and retention."""
@@ -593,11 +602,69 @@ def topics_list(bus: BusOption = None, config: ConfigOption = None) -> None:
         table = Table("topic", "partitions", "records", "end offsets", "retention")
         for name, info in sorted(bus_obj.topics().items()):
             ends = bus_obj.end_offsets(name)
-            retention = "forever" if info.retention_ms is None else f"{info.retention_ms / 86_400_000:g} d"
-            table.add_row(name, str(info.partitions), f"{sum(ends.values()):,}", " ".join(str(ends[p]) for p in sorted(ends)), retention)
+            table.add_row(name, str(info.partitions), f"{sum(ends.values()):,}", " ".join(str(ends[p]) for p in sorted(ends)),
+                          _retention_text(info.retention_ms))
         out.print(table)
     finally:
         bus_obj.close()
+
+
+@topics_app.command("create")
+def topics_create(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Topics to create (default: every pipeline topic).")] = None,
+    partitions: Annotated[Optional[int], typer.Option("--partitions", min=1, help="Partitions per topic (default: bus.partitions).")] = None,
+    retention_ms: Annotated[Optional[int], typer.Option(
+        "--retention-ms", min=-1, help="Retention in ms, -1 = forever (default: bus.retention_ms of each topic, else forever).")] = None,
+    bus: BusOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create topics with the configured partitions and retention; existing topics are left as they are
+    (Kafka cannot shrink partitions, and Tansu cannot add any: choose the count up front)."""
+    from tradepipe.events.types import ALL_TOPICS
+
+    settings = settings_or_exit(config, bus)
+    bus_obj = open_or_exit(settings, create=True)
+    try:
+        existing = bus_obj.topics()
+        table = Table("topic", "partitions", "retention", "status")
+        for name in names or ALL_TOPICS:
+            retention = settings.bus.retention_ms.get(name) if retention_ms is None else (None if retention_ms < 0 else retention_ms)
+            info = bus_obj.create_topic(name, partitions or settings.bus.partitions, retention_ms=retention)
+            table.add_row(name, str(info.partitions), _retention_text(info.retention_ms), "exists" if name in existing else "created")
+        out.print(table)
+    except (BusError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    finally:
+        bus_obj.close()
+
+
+@topics_app.command("describe")
+def topics_describe(
+    name: Annotated[str, typer.Argument(help="The topic.")],
+    group: Annotated[Optional[list[str]], typer.Option("--group", help="Also show this consumer group's committed offsets and lag (repeatable).")] = None,
+    bus: BusOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """One topic: partitions, retention, and per partition its end offset (and each group's commit and lag)."""
+    settings = settings_or_exit(config, bus)
+    bus_obj = open_or_exit(settings, create=False)
+    try:
+        info = bus_obj.topic(name)
+        ends = bus_obj.end_offsets(name)
+        commits = {g: bus_obj.committed_offsets(g, name) for g in group or ()}
+    except BusError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        bus_obj.close()
+    out.print(f"{name}: {info.partitions} partitions, retention {_retention_text(info.retention_ms)}, "
+              f"{sum(ends.values()):,} records", highlight=False)
+    table = Table("partition", "end offset", *(f"{g} {column}" for g in commits for column in ("committed", "lag")))
+    for p in sorted(ends):
+        cells = [str(p), f"{ends[p]:,}"]
+        for committed in commits.values():
+            cells += ["-", f"{ends[p]:,}"] if p not in committed else [f"{committed[p]:,}", f"{ends[p] - committed[p]:,}"]
+        table.add_row(*cells)
+    out.print(table)
 
 
 # --- replay ------------------------------------------------------------------------------------
