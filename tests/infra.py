@@ -116,7 +116,7 @@ class SeaweedS3:
     def __init__(self, directory: Path, bucket: str = "tansu") -> None:
         self.directory = Path(directory)
         self.bucket = bucket
-        self.s3_port = free_port()
+        self.s3_port = self._port_pair()  # weed also listens on port + 10000 (gRPC)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -149,7 +149,9 @@ class SeaweedS3:
                     raise
                 time.sleep(0.5)
 
-    def _port_pair(self) -> int:
+    @staticmethod
+    def _port_pair() -> int:
+        """A free port whose + 10000 (weed's gRPC twin) is free and valid too."""
         while True:
             port = free_port()
             if port + 10000 < 65536:
