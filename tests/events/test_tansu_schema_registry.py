@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from tradepipe.cli import app
 from tradepipe.events import JsonCodec, MsgpackCodec, new_event_id
 from tradepipe.events.schemas import REGISTRY_DIR, registered_versions, type_name
-from tradepipe.events.types import ALL_TOPICS, EVENT_TYPES, MARKET_DATA, ORDERS, OrderPlaced
+from tradepipe.events.types import ALL_TOPICS, EVENT_TYPES, ORDERS, OrderPlaced
 from tradepipe.runtime.store import event_headers
 
 from .test_codec import SAMPLES
