@@ -177,6 +177,9 @@ def publish(producer: Producer, codec: Codec, events: Iterable[Event]) -> int:
     return count
 
 
+REPLAY_STALL_S = 10.0  # a replay gives up on a partition that delivers nothing for this long
+
+
 class StoredEvent(msgspec.Struct, frozen=True):
     """A replayed record and its decoded event (``error`` set instead if it did not decode)."""
 
@@ -227,13 +230,15 @@ class EventStore:
                 yield StoredEvent(record, None, exc.reason)
 
     def _read_partition(self, tp: TopicPartition, start: int, end: int, batch: int) -> Iterator[Record]:
+        """Records [start, end) of ``tp``. A network backend fetches in the background, so an
+        empty poll means "not here yet" until nothing came for ``REPLAY_STALL_S``."""
         consumer = self.bus.consumer(None)
         try:
             consumer.assign([tp])
             consumer.seek(tp, start)
             position = start
             while position < end:
-                records = consumer.poll(min(batch, end - position))
+                records = consumer.poll(min(batch, end - position), timeout_s=REPLAY_STALL_S)
                 if not records:
                     return
                 for record in records:
