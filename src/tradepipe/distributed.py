@@ -18,6 +18,7 @@ orders; live data (or a replay without lockstep) flows freely.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -27,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from tradepipe.bus.base import Bus
+from tradepipe.bus.base import Bus, BusError
 from tradepipe.config import Settings
 from tradepipe.events.codec import get_codec
 from tradepipe.events.types import MarketDataReceived
@@ -36,6 +37,8 @@ from tradepipe.runtime.service import Context, Service
 from tradepipe.runtime.store import Checkpoint, CheckpointStore, now_ms, publish
 from tradepipe.services.data_bridge import DataBridge
 from tradepipe.sources.validation import TickValidator
+
+log = logging.getLogger(__name__)
 
 #: health/metrics ports of services the seed gives none
 EXTRA_PORTS = {"bar-builder": 8003, "trade-saga": 8004, "ema-cross": 8005}
@@ -81,11 +84,17 @@ class Quiescence:
 
     def wait(self, *, stop: Any = None) -> None:
         """Block until nothing lags in two checks in a row (an output committed between the
-        end-offset and the commit reads of one check shows up in the next)."""
+        end-offset and the commit reads of one check shows up in the next). A check the broker
+        cannot answer (it is restarting) counts as lagging."""
         started = time.monotonic()
         calm = 0
         while calm < 2 and not (stop is not None and stop.is_set()):
-            calm = calm + 1 if not self.lagging() else 0
+            try:
+                calm = calm + 1 if not self.lagging() else 0
+            except BusError as exc:
+                log.warning("lockstep: cannot read the groups' progress (%s); retrying", exc)
+                calm = 0
+                time.sleep(1.0)
             if calm < 2:
                 time.sleep(self.poll_s)
         self.waits += 1

@@ -19,7 +19,7 @@ from tradepipe.pipeline import service_factories
 from tradepipe.config import load_settings
 from tradepipe.sources import sample_paths
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 UTC = timezone.utc
 # 90 minutes of both sample symbols: ~3,000 ticks, ~180 bar closes, a dozen round trips
@@ -105,7 +105,8 @@ def test_kafka_deployment_survives_a_service_sigkill_and_a_broker_restart(regist
     s3 = SeaweedS3(tmp_path / "s3").start()
     broker = Tansu("s3://tansu/", env=s3.tansu_env()).start()
     try:
-        url = f"{broker.url}?{KAFKA_CLIENT}&idempotence=false"
+        # linger 20 ms: Tansu's S3 engine writes an object per batch, and small batches queue up
+        url = f"{broker.url}?{KAFKA_CLIENT}&idempotence=false&linger_ms=20"
         deployment = deploy(tmp_path, url, registry)
         run(deployment, faults=[(1000, lambda: deployment.restart("trading-engine")),
                                 (2000, lambda: broker.restart(kill=True))])

@@ -388,7 +388,7 @@ class KafkaBus(Bus):
             first = reader.poll(FETCH_POLL_S)
             if first is None:
                 if time.monotonic() > deadline:
-                    raise BusError(f"{self.address}: no answer to a fetch after {REQUEST_TIMEOUT_S:.0f} s")
+                    raise BusUnavailableError(f"{self.address}: no answer to a fetch after {REQUEST_TIMEOUT_S:.0f} s")
                 continue
             deadline = time.monotonic() + REQUEST_TIMEOUT_S
             for message in [first, *reader.consume(DRAIN_BATCH, 0)]:
