@@ -63,6 +63,7 @@ MAX_BUFFERED_RECORDS = 20_000  # a consumer's buffer bound (records, ...
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # ... and value bytes): beyond it fetching pauses
 DRAIN_BATCH = 10_000  # records taken from librdkafka per call once one is ready
 POLL_MASK = 1023  # producer: serve delivery reports every 1,024 sends
+CLOSE_FLUSH_S = 30.0  # a producer's close waits this long for the broker
 
 # Commit errors that mean "the partition moved during a rebalance": the next owner re-reads.
 REBALANCE_COMMIT_ERRORS = {
@@ -509,9 +510,15 @@ class KafkaProducer(Producer):
         return queued
 
     def close(self) -> None:
+        """Deliver what is queued, waiting at most CLOSE_FLUSH_S: with the broker gone a close
+        must not hang. Records still queued then are dropped, which is safe for a runner: it
+        commits inputs only after their outputs were delivered, so a restart re-makes them."""
         if self._producer is None:
             return
-        self.flush()
+        try:
+            self.flush(CLOSE_FLUSH_S)
+        except BusUnavailableError as exc:
+            log.warning("closing the producer without delivering everything: %s", exc)
         self._producer = None
         self._produce = _refuse_closed  # librdkafka's producer goes with its last reference
 

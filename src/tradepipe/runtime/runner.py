@@ -264,7 +264,9 @@ class ServiceRunner:
         assignment = self.consumer.assignment()
         ends: dict[str, dict[int, int]] = {}
         for tp in assignment:
-            end = ends.setdefault(tp.topic, self.bus.end_offsets(tp.topic))[tp.partition]
+            if tp.topic not in ends:
+                ends[tp.topic] = self._on_bus("end offsets", lambda: self.bus.end_offsets(tp.topic))
+            end = ends[tp.topic][tp.partition]
             if self.consumer.position(tp) < end:
                 return False
         return True
