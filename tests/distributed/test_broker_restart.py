@@ -24,6 +24,14 @@ from tradepipe.sources.synthetic import synthetic_ticks
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
+class SlowBarBuilder(BarBuilder):
+    """The bar builder at 1 ms an event, so the broker surely dies while it has work left."""
+
+    def handle(self, event, ctx):
+        time.sleep(0.001)
+        return super().handle(event, ctx)
+
+
 def market_data(per_symbol: int) -> list:
     bridge, ctx, events = DataBridge(), Context("data-bridge"), []
     streams = [synthetic_ticks(s, per_symbol, seed=i) for i, s in enumerate(("EURUSD", "NZDUSD"))]
@@ -52,7 +60,7 @@ def test_a_runner_rides_out_a_broker_kill_and_loses_nothing(tmp_path):
         bus = open_bus(url)
         ensure_topics(bus, partitions=2)
         EventStore(bus).append(ticks)
-        runner = ServiceRunner(BarBuilder(), bus, checkpoints=SQLiteCheckpointStore(tmp_path / "state.db"),
+        runner = ServiceRunner(SlowBarBuilder(), bus, checkpoints=SQLiteCheckpointStore(tmp_path / "state.db"),
                                config=RunnerConfig(batch_size=100, flush_timeout_s=1.0, bus_retry_max_s=0.5))
         worker = threading.Thread(target=runner.run, kwargs={"stop": stop})
         worker.start()
