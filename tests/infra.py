@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tradepipe.bus import Consumer, Record
+
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
@@ -167,3 +169,15 @@ class SeaweedS3:
             self.process.kill()  # SIGTERM takes ~27 s here; its data is not needed after the test
             self.process.wait(10)
         self.process = None
+
+
+def poll_until(consumers: Consumer | list[Consumer], count: int, timeout_s: float = 5.0) -> list[Record]:
+    """Poll the consumers (round-robin) until ``count`` records came back or the time is up."""
+    consumers = consumers if isinstance(consumers, list) else [consumers]
+    out: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < count and time.monotonic() < deadline:
+        for consumer in consumers:
+            if len(out) < count:
+                out.extend(consumer.poll(max_records=count - len(out), timeout_s=0.02))
+    return out

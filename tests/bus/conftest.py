@@ -9,13 +9,14 @@ rather than expect one poll to return everything.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tradepipe.bus import Bus, Consumer, Record, open_bus
+from infra import poll_until
+
+from tradepipe.bus import Bus, Record, open_bus
 
 
 @pytest.fixture(params=["memory", "sqlite", "kafka", "redis"])
@@ -48,18 +49,6 @@ def new_topic(bus: Bus) -> Callable[..., str]:
 @pytest.fixture
 def group() -> str:
     return f"group-{uuid.uuid4().hex[:8]}"
-
-
-def poll_until(consumers: Consumer | list[Consumer], count: int, timeout_s: float = 5.0) -> list[Record]:
-    """Poll the consumers (round-robin) until ``count`` records came back or the time is up."""
-    consumers = consumers if isinstance(consumers, list) else [consumers]
-    out: list[Record] = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < count and time.monotonic() < deadline:
-        for consumer in consumers:
-            if len(out) < count:
-                out.extend(consumer.poll(max_records=count - len(out), timeout_s=0.02))
-    return out
 
 
 @pytest.fixture

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from infra import REDIS_HOST, REDIS_PORT, free_port, wait_for_port
+from infra import REDIS_HOST, REDIS_PORT, free_port, poll_until, wait_for_port
 from tradepipe.bus import BusError, BusUnavailableError, BusURLError, TopicPartition, open_bus
 from tradepipe.bus.redis import parse_redis_url
 
-from conftest import poll_until
 
 
 def prefix_of(url: str) -> str:

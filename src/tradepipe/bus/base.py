@@ -119,7 +119,9 @@ class Consumer(ABC):
 
     @abstractmethod
     def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
-        """Store the group's next offset per partition; ``None`` commits every position."""
+        """Store the group's next offset per partition; ``None`` commits every position. A
+        network backend may finish it in the background: this consumer's next commit,
+        :meth:`committed` and :meth:`close` wait for it (and raise its failure)."""
 
     @abstractmethod
     def committed(self, tp: TopicPartition) -> int | None:

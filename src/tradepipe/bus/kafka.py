@@ -58,7 +58,7 @@ librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 
 REQUEST_TIMEOUT_S = 30.0  # one admin request or metadata lookup
 ASSIGNMENT_TIMEOUT_S = 30.0  # a group member's wait for its first assignment
-FETCH_POLL_S = 0.05  # an idle consumer's thread wakes this often: its callers' commands wait up to this
+FETCH_POLL_S = 0.005  # an idle consumer's thread wakes this often: its callers' commands (a commit) wait up to this
 MAX_BUFFERED_RECORDS = 20_000  # a consumer's buffer bound (records, ...
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # ... and value bytes): beyond it fetching pauses
 DRAIN_BATCH = 10_000  # records taken from librdkafka per call once one is ready
@@ -557,6 +557,9 @@ class KafkaConsumer(Consumer):
         self._failure: BaseException | None = None
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._paused = False
+        self._pending_commit: Future | None = None  # the commit loop the consumer's thread runs
+        self._commit_wanted: dict[TopicPartition, int] = {}  # offsets asked for, not yet committed
+        self._commit_scheduled = False  # whether a commit loop is queued or running
         self._closed = False
         self._stopping = threading.Event()
         overrides = {}
@@ -626,11 +629,21 @@ class KafkaConsumer(Consumer):
         """Run ``command`` on the consumer's thread (between two polls) and return its result."""
         if threading.current_thread() is self._thread:
             return command()
+        return self._submit(command).result(timeout=REQUEST_TIMEOUT_S + 5)
+
+    def _submit(self, command: Callable[[], Any]) -> Future:
+        """Queue ``command`` for the consumer's thread; its future holds the outcome."""
         future: Future = Future()
         self._commands.put((command, future))
         if not self._thread.is_alive():  # it may have stopped before seeing the command
             self._run_commands(BusClosedError("consumer is closed") if self._failure is None else self._failure)
-        return future.result(timeout=REQUEST_TIMEOUT_S + 5)
+        return future
+
+    def _settle_commit(self) -> None:
+        """Wait for the commit in flight, raising its failure."""
+        pending, self._pending_commit = self._pending_commit, None
+        if pending is not None:
+            pending.result(timeout=REQUEST_TIMEOUT_S + 5)
 
     def _keep(self, messages: list[ck.Message]) -> None:
         records: list[Record] = []
@@ -755,17 +768,44 @@ class KafkaConsumer(Consumer):
         return taken
 
     def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
-        """Synchronously; only partitions still assigned (others belong to another member now)."""
+        """Only partitions still assigned (others belong to another member now). The commit
+        runs on the consumer's thread while the caller goes on polling; the next commit,
+        ``committed()`` and ``close()`` wait for it and raise its failure (a caller's thread
+        waiting for each commit would wait for the thread's poll as well)."""
         self._check_open()
         if self.group is None:
             raise BusError("a consumer without a group has nothing to commit to")
         self._await_assignment()
-        self._call(lambda: self._commit(offsets))
+        pending = self._pending_commit
+        if pending is not None and pending.done():
+            self._settle_commit()  # raise a failure of the last one
+        with self._lock:  # the positions of now, not of when the thread gets to it
+            self._commit_wanted.update(dict(self._positions) if offsets is None
+                                       else {TopicPartition(*tp): o for tp, o in offsets.items()})
+            if self._commit_scheduled:  # the thread's commit loop will take these too
+                return
+            self._commit_scheduled = True
+        self._pending_commit = self._submit(self._commit_wanted_offsets)
 
-    def _commit(self, offsets: Mapping[TopicPartition, int] | None) -> None:
+    def _commit_wanted_offsets(self) -> None:
+        """On the consumer's thread: commit what callers asked for, until nothing is left (a
+        caller's commit while one is in flight joins the next round instead of waiting)."""
+        try:
+            while True:
+                with self._lock:
+                    offsets, self._commit_wanted = self._commit_wanted, {}
+                    if not offsets:
+                        self._commit_scheduled = False
+                        return
+                self._commit(offsets)
+        except BaseException:
+            with self._lock:
+                self._commit_scheduled = False
+            raise
+
+    def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         with self._lock:
-            chosen = dict(self._positions) if offsets is None else {
-                TopicPartition(*tp): o for tp, o in offsets.items() if tp in self._positions}
+            chosen = {tp: o for tp, o in offsets.items() if tp in self._positions}
         if not chosen:
             return
         try:
@@ -787,6 +827,7 @@ class KafkaConsumer(Consumer):
         if self.group is None:
             return None
         self._check_open()
+        self._settle_commit()
         return self._bus.committed_offsets(self.group, tp[0], [tp[1]]).get(tp[1])
 
     def position(self, tp: TopicPartition) -> int:
@@ -842,6 +883,10 @@ class KafkaConsumer(Consumer):
         """Leave the group (librdkafka's close sends LeaveGroup); commit nothing."""
         if self._closed:
             return
+        try:
+            self._settle_commit()  # a commit asked for before the close is made
+        except Exception as exc:  # noqa: BLE001 - closing anyway: the next owner re-reads from the last commit
+            log.warning("Kafka consumer of group %r closed with its last commit failed: %s", self.group, exc)
         self._closed = True
         self._stopping.set()
         self._thread.join()
