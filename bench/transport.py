@@ -20,8 +20,11 @@ partitions idle). Three paths per system:
 Produce is timed from the first send to the end of the final flush. Consume is timed from the
 moment the first batch arrived (so the group join, which Tansu delays by half the session
 timeout, is not counted) to the commit of the last batch, over the records after the first
-batch. Each run gets a fresh broker state (Tansu restarted with memory storage; a fresh Redis
-key prefix, deleted afterwards). Throughput figures are medians of ``--repeat`` runs.
+batch. Both also give the CPU time per record of the client's process (all its threads). End to
+end: a consumer process joins its group first, then the producer sends everything; timed from
+the first send to the consumer's last commit. Each run gets a fresh broker state (Tansu
+restarted with memory storage; a fresh Redis key prefix, deleted afterwards). Figures are
+medians of ``--repeat`` runs.
 
 Latency: ``--rate`` events/s for ``--latency-seconds``, one send + flush per event (what the
 runner does for a batch of one), publish time in a header; the consumer (a group member,
