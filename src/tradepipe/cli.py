@@ -33,6 +33,11 @@ BusOption = Annotated[Optional[str], typer.Option(
     "--bus", help="Bus URL: sqlite:///file.db (default), memory://, kafka://host:port[,host:port] or redis://host:port/db.")]
 
 
+def _utc(at: datetime | None) -> datetime | None:
+    """A command-line time: UTC when it names no zone."""
+    return at if at is None or at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
@@ -127,7 +132,7 @@ def backtest(
 
     if strategy not in ("models", "ema-cross"):
         raise fail(f"--strategy must be models or ema-cross, not {strategy!r}")
-    start, end = (None if t is None else (t if t.tzinfo else t.replace(tzinfo=timezone.utc)) for t in (from_time, to_time))
+    start, end = _utc(from_time), _utc(to_time)
     if start is not None and end is not None and start >= end:
         raise fail(f"--from ({start.isoformat()}) must be before --to ({end.isoformat()})")
     settings = settings_or_exit(config, bus, models={"registry": str(registry) if registry is not None else None})
@@ -241,7 +246,7 @@ def _bridge_runner(bus_obj, settings, checkpoints, data, symbol, from_time, to_t
 
     if not data:
         raise fail("the data bridge needs --data FILE (live sources run inside `tradepipe run` for now)")
-    start, end = (None if t is None else (t if t.tzinfo else t.replace(tzinfo=timezone.utc)) for t in (from_time, to_time))
+    start, end = _utc(from_time), _utc(to_time)
     waits = Quiescence(bus_obj, lockstep_groups(names)) if lockstep else None
     instance_id = instance or "data-bridge-0"
     replay = BridgeReplay(bus_obj, settings, _existing(data), checkpoints, symbol=symbol, start=start, end=end,
@@ -686,8 +691,7 @@ def replay(
         raise fail("give --from-offset or --from-time, not both")
     if fmt not in ("jsonl", "table"):
         raise fail(f"--format must be jsonl or table, not {fmt!r}")
-    if from_time is not None and from_time.tzinfo is None:
-        from_time = from_time.replace(tzinfo=timezone.utc)
+    from_time = _utc(from_time)
     settings = settings_or_exit(config, bus)
     bus_obj = open_or_exit(settings, create=False)
     try:

@@ -31,6 +31,7 @@ import msgspec
 from tradepipe.bus.base import Bus, BusError
 from tradepipe.config import Settings
 from tradepipe.events.codec import get_codec
+from tradepipe.events.envelope import ms_from_utc
 from tradepipe.events.types import MarketDataReceived
 from tradepipe.pipeline import merged, open_sources
 from tradepipe.runtime.service import Context, Service
@@ -133,8 +134,8 @@ class BridgeReplay:
         self.stats = BridgeStats()
         self.done = False
         self._minute: dict[str, int] = {}  # per symbol, the minute of its latest tick
-        to_ms = (lambda t: None if t is None else int(t.timestamp() * 1000))
-        self._items: Iterator[tuple[str, Any]] = merged(open_sources(list(paths), symbol), to_ms(start), to_ms(end))
+        self._items: Iterator[tuple[str, Any]] = merged(
+            open_sources(list(paths), symbol), *(None if t is None else ms_from_utc(t) for t in (start, end)))
         self._handlers = {"ticks": self.bridge.handle_tick, "bars": self.bridge.handle_bar}
         self._restore()
 

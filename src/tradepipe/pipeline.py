@@ -141,20 +141,29 @@ def decision_services(settings: Settings, *, strategy: Strategy = "models",
     the audit trail (with a log), performance analytics and the notifier, in dispatch order.
     The engine holds a position for the models' horizon; the EMA cross holds until its stop,
     target or the opposite cross."""
+    log = None if audit_log is None else (lambda: audit_log)
+    return [build() for build in decision_factories(settings, strategy=strategy, audit_log=log).values()]
+
+
+def decision_factories(settings: Settings, *, strategy: Strategy = "models",
+                       audit_log: Callable[[], AuditLog] | None = None) -> dict[str, Callable[[], Service]]:
+    """:func:`decision_services` by name, each built only when called (the engine may connect
+    to a broker, the audit trail opens its log)."""
     validator = settings.validator
     if strategy == "ema-cross":
         validator = validator.model_copy(update={"rules": tuple(r for r in validator.rules if r in EMA_CROSS_RULES)})
     horizon = settings.models.horizon if strategy == "models" else None
-    services: list[Service] = [
-        PatternValidator(validator),
-        TradingEngine(settings.trading, broker_for(settings), exit_after_bars=horizon),
-    ]
+    factories: dict[str, Callable[[], Service]] = {
+        PatternValidator.name: lambda: PatternValidator(validator),
+        TradingEngine.name: lambda: TradingEngine(settings.trading, broker_for(settings), exit_after_bars=horizon),
+    }
     if strategy == "models":
-        services.append(TradeSaga(settings.saga, timeframe=settings.models.timeframe))
+        factories[TradeSaga.name] = lambda: TradeSaga(settings.saga, timeframe=settings.models.timeframe)
     if audit_log is not None:
-        services.append(AuditTrail(audit_log, cache_events=settings.audit.cache_events))
-    services += [PerformanceAnalytics.from_settings(settings), Notifier()]
-    return services
+        factories[AuditTrail.name] = lambda: AuditTrail(audit_log(), cache_events=settings.audit.cache_events)
+    factories[PerformanceAnalytics.name] = lambda: PerformanceAnalytics.from_settings(settings)
+    factories[Notifier.name] = Notifier
+    return factories
 
 
 def in_sample(cards: list[ModelCard], paths: list[Path], symbol: str | None = None,
@@ -226,13 +235,13 @@ def service_factories(settings: Settings, *, strategy: Strategy = "models",
     only for the audit trail), and the distributed deployment lists the names."""
     factories: dict[str, Callable[[], Service]] = {}
 
-    def add(stage: Callable[[str], list[Service]]) -> None:
-        """Every service of ``stage(name)``, built by picking ``name`` from a fresh stage."""
-        for service in stage(""):
-            factories[service.name] = lambda name=service.name: next(s for s in stage(name) if s.name == name)
+    def add(stage: Callable[[], list[Service]]) -> None:
+        """A cheap stage's services (no models, no I/O), each picked by name from a fresh stage."""
+        for service in stage():
+            factories[service.name] = lambda name=service.name: next(s for s in stage() if s.name == name)
 
     if strategy in ("models", "features"):
-        add(lambda _: feature_services())
+        add(feature_services)
     if strategy == "models":
         if registry is None:
             raise ValueError("the models strategy needs a model registry")
@@ -244,15 +253,10 @@ def service_factories(settings: Settings, *, strategy: Strategy = "models",
         factories[EnsembleCoordinator.name] = lambda: ensemble_for(
             settings, [registry.card(*registry.resolve(kind, models.version)) for kind in models.kinds])
     elif strategy == "ema-cross":
-        add(lambda _: ema_cross_services())
+        add(ema_cross_services)
     if strategy != "features":
-        def decisions(name: str) -> list[Service]:
-            audit_log = AuditLog(audit_path) if audit_path is not None and name == AuditTrail.name else None
-            return decision_services(settings, strategy=strategy, audit_log=audit_log)
-
-        add(decisions)
-        if audit_path is not None:
-            factories[AuditTrail.name] = lambda: next(s for s in decisions(AuditTrail.name) if s.name == AuditTrail.name)
+        audit_log = None if audit_path is None else (lambda: AuditLog(audit_path))
+        factories.update(decision_factories(settings, strategy=strategy, audit_log=audit_log))
     return factories
 
 
