@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from tradepipe.runtime.runner import RunnerConfig
@@ -254,6 +254,49 @@ class AnalyticsSettings(Section):
     report_dir: str = Field("reports/latest", description="where `tradepipe run` writes its report")
 
 
+class ReadSettings(Section):
+    """The read side (R8.1): where the projections live."""
+
+    store: str = Field("sqlite:///tradepipe-read.db", description="transactional projections: sqlite:///PATH "
+                       "or postgresql://user@host:port/db")
+    analytics: str = Field("chdb:///tradepipe-analytics", description="analytics store: chdb:///DIR (embedded "
+                           "ClickHouse) or clickhouse://user:password@host:8123/db (a ClickHouse server)")
+    batch_size: int = Field(1000, ge=1, description="events applied per projection transaction")
+
+
+class ApiSettings(Section):
+    """The API gateway (R8.2)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    #: key id -> "sha256:<hex digest of the key>"; `tradepipe api hash-key` prints one
+    keys: dict[str, str] = Field(default_factory=dict, description="API keys allowed to change state, hashed")
+    rate_limit_per_minute: int = Field(600, ge=1, description="requests per client (key or address) per minute")
+    sync_timeout_s: float = Field(5.0, gt=0, description="?sync=true waits this long for the response event")
+
+
+class AlertSettings(Section):
+    """Thresholds of the seed's alert rules (R8.4), evaluated live and in the Prometheus rules."""
+
+    processing_ms: float = Field(100.0, gt=0, description="event processing time above this alerts")
+    consumer_lag: int = Field(1000, ge=0, description="records behind on a partition")
+    validation_failure_rate: float = Field(0.05, ge=0, le=1, description="malformed (dead-lettered) input share")
+    model_accuracy: float = Field(0.60, ge=0, le=1, description="rolling hit rate of a model below this alerts")
+    signal_accuracy: float = Field(0.70, ge=0, le=1, description="rolling hit rate of validated signals")
+    drawdown: float = Field(0.02, gt=0, lt=1, description="drawdown from peak equity")
+    execution_failure_rate: float = Field(0.01, ge=0, le=1, description="rejected share of orders")
+    min_samples: int = Field(20, ge=1, description="a rate is judged only over at least this many events")
+
+
+class TelegramSettings(Section):
+    """The Telegram bot (R8.6): notifications and commands, only for the listed chats."""
+
+    token: SecretStr = Field(SecretStr(""), description="bot token (TRADEPIPE_TELEGRAM__TOKEN); empty = the bot is off")
+    base_url: str = Field("https://api.telegram.org", description="Bot API server (a local one for tests)")
+    chat_ids: tuple[int, ...] = Field((), description="chats that get notifications and may give commands")
+    poll_timeout_s: int = Field(20, ge=0, le=50, description="getUpdates long-poll timeout")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True, extra="forbid", env_prefix="TRADEPIPE_", env_nested_delimiter="__", validate_default=True
@@ -269,6 +312,10 @@ class Settings(BaseSettings):
     saga: SagaSettings = SagaSettings()
     audit: AuditSettings = AuditSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
+    read: ReadSettings = ReadSettings()
+    api: ApiSettings = ApiSettings()
+    alerts: AlertSettings = AlertSettings()
+    telegram: TelegramSettings = TelegramSettings()
 
     @model_validator(mode="after")
     def _ensemble_waits_for_partial_joins(self) -> "Settings":
