@@ -36,7 +36,7 @@ def test_registered_schemas_match_the_code():
 
 
 def test_every_type_has_a_registered_file_per_current_version():
-    assert len(EVENT_TYPES) == 23
+    assert len(EVENT_TYPES) == 25  # 23 + ReplayRequested, AlertResolved
     for cls in EVENT_TYPES:
         name = cls.__name__
         assert (REGISTRY_DIR / name / f"{cls.schema_version}.json").is_file()
@@ -45,7 +45,7 @@ def test_every_type_has_a_registered_file_per_current_version():
 
 def test_list_schemas_rows():
     rows = list_schemas()
-    assert len(rows) == 23
+    assert len(rows) == len(EVENT_TYPES)
     assert rows[0] == SchemaRow("MarketDataReceived", "market-data-events", "1.0", ["1.0"])
     assert {r.type for r in rows} == {cls.__name__ for cls in EVENT_TYPES}
 
@@ -434,10 +434,11 @@ def test_export_keeps_registered_version_as_registered(registry, tmp_path):
 
 def test_export_of_the_repository_registry(tmp_path):
     written = export(tmp_path)
-    assert len(written) == 30  # 23 types at 1.0, seven of them also at 1.1
+    assert len(written) == 34  # 25 types at 1.0, nine of them also at 1.1
     assert sorted(f"{p.parent.name}/{p.name}" for p in written if p.name != "1.0.json") == [
-        "OrderExecuted/1.1.json", "OrderPlaced/1.1.json", "PositionClosed/1.1.json", "PredictionGenerated/1.1.json",
-        "SignalRejected/1.1.json", "SignalValidated/1.1.json", "TradingSignalGenerated/1.1.json"]
+        "AlertRaised/1.1.json", "OrderExecuted/1.1.json", "OrderPlaced/1.1.json", "PositionClosed/1.1.json",
+        "PredictionGenerated/1.1.json", "SignalRejected/1.1.json", "SignalValidated/1.1.json",
+        "TradingCommand/1.1.json", "TradingSignalGenerated/1.1.json"]
 
 
 def test_generated_schema_is_stable():

@@ -155,6 +155,7 @@ class TradingSignalGenerated(Event, frozen=True, kw_only=True):
 @UPCASTERS.register("OrderPlaced", "1.0", "1.1")
 @UPCASTERS.register("OrderExecuted", "1.0", "1.1")
 @UPCASTERS.register("PositionClosed", "1.0", "1.1")
+@UPCASTERS.register("AlertRaised", "1.0", "1.1")
 def _added_optional_fields(doc: dict) -> dict:
     return doc
 
@@ -294,12 +295,32 @@ class ConfigurationUpdated(Event, frozen=True, kw_only=True):
 
 class TradingCommand(Event, frozen=True, kw_only=True):
     """A command to the trading engine: halt or resume trading (an operator; resume is the
-    only way out of a kill switch), or a saga's compensation: cancel an order or flatten the
-    position it opened."""
+    only way out of a kill switch), a saga's compensation: cancel an order or flatten the
+    position it opened, or (1.1) a manual ``order`` of ``side`` on the event's symbol:
+    ``volume`` units, or the sizing rule's when None."""
 
     topic = SYSTEM
-    command: Literal["halt", "resume", "cancel", "flatten"]
+    schema_version = "1.1"
+    command: Literal["halt", "resume", "cancel", "flatten", "order"]
     order_id: str = ""
+    reason: str = ""
+    # 1.1: the manual order
+    side: Side | None = None
+    volume: float | None = None
+
+
+@UPCASTERS.register("TradingCommand", "1.0", "1.1")
+def _command_1_0(doc: dict) -> dict:
+    return doc  # 1.1 added a command and optional fields: a 1.0 command reads as it is
+
+
+class ReplayRequested(Event, frozen=True, kw_only=True):
+    """Rebuild read-side projections from the bus (an operator, through the API gateway):
+    ``projections`` (the transactional store), ``analytics`` (the ClickHouse tables) or
+    ``all``. The process serving the read side (``tradepipe api``) acts on it."""
+
+    topic = SYSTEM
+    target: Literal["all", "projections", "analytics"] = "all"
     reason: str = ""
 
 
@@ -322,11 +343,26 @@ class CircuitBreakerStateChanged(Event, frozen=True, kw_only=True):
 
 class AlertRaised(Event, frozen=True, kw_only=True):
     topic = SYSTEM
+    schema_version = "1.1"
     rule: str
     severity: Literal["info", "warning", "critical"]
     message: str
     value: float | None = None
     threshold: float | None = None
+    # 1.1: what the alert is about (a service, a partition, a model; "" = the whole pipeline),
+    # so one rule can fire for several subjects and each is resolved on its own
+    subject: str = ""
+
+
+class AlertResolved(Event, frozen=True, kw_only=True):
+    """The condition of an AlertRaised (same rule and subject) has cleared; ``value`` is the
+    figure that cleared it."""
+
+    topic = SYSTEM
+    rule: str
+    subject: str = ""
+    message: str = ""
+    value: float | None = None
 
 
 class APIRequestReceived(Event, frozen=True, kw_only=True):
@@ -370,7 +406,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     MarketDataReceived, BarClosed, FeaturesCalculated, PredictionGenerated,
     TradingSignalGenerated, SignalValidated, SignalRejected, OrderPlaced, OrderExecuted,
     OrderRejected, OrderCancelled, PositionClosed, SagaCompleted, PerformanceCalculated,
-    ConfigurationUpdated, TradingCommand, TradingStateChanged, CircuitBreakerStateChanged,
-    AlertRaised, APIRequestReceived, APIResponseReady, DatabaseUpdated, DeadLetter,
+    ConfigurationUpdated, TradingCommand, ReplayRequested, TradingStateChanged, CircuitBreakerStateChanged,
+    AlertRaised, AlertResolved, APIRequestReceived, APIResponseReady, DatabaseUpdated, DeadLetter,
 )
 EVENT_TYPES_BY_NAME: dict[str, type[Event]] = {t.__name__: t for t in EVENT_TYPES}
