@@ -7,7 +7,9 @@ runs, an HTTP server on the service's port answers:
 
 - ``GET /health``: JSON with the service, its instance and group, its state (starting,
   running, stopping, stopped, failed) and its counters; 503 unless running;
-- ``GET /metrics``: Prometheus text, read from the runner's counters at scrape time.
+- ``GET /metrics``: Prometheus text, read from the runner's counters at scrape time: those
+  of its ``stats``, and for a service runner the records processed per topic, the handling
+  time histogram, the consumer lag and the circuit breakers (:mod:`tradepipe.ops.metrics`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from tradepipe.ops.metrics import ServiceCollector
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,8 @@ class ServiceHost:
         self._details = details
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RunnerCollector(self))
+        if hasattr(runner, "meter"):  # a service runner (the data bridge's replay has no inputs)
+            self.registry.register(ServiceCollector(runner, service))
         self._http = ThreadingHTTPServer((host, port), self._handler_class()) if port is not None else None
         if self._http is not None:
             self._http.daemon_threads = True

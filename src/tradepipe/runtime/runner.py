@@ -12,7 +12,9 @@ bus calls in a worker thread (network transports). Both keep these promises:
   opens, and its transitions are published as CircuitBreakerStateChanged once it is back;
 - outputs are flushed before the group commit that covers their inputs (after every batch),
   and a checkpoint saves the service snapshot together with the input positions;
-- on start, a service restores its last checkpoint and resumes from its positions.
+- on start, a service restores its last checkpoint and resumes from its positions;
+- it counts each record's topic and handling time, and keeps its positions after each poll,
+  in a :class:`RunnerMeter` that a host's /metrics reads (no Prometheus object per event).
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
 import msgspec
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from tradepipe.bus.base import DEFAULT_PARTITIONS, Bus, BusUnavailableError, Record
+from tradepipe.bus.base import DEFAULT_PARTITIONS, Bus, BusUnavailableError, Record, TopicPartition
 from tradepipe.events.codec import Codec, DecodeError, JsonCodec
 from tradepipe.events.envelope import Event, utc_from_ms
 from tradepipe.events.types import ALL_TOPICS, CircuitBreakerStateChanged, DeadLetter
@@ -65,6 +68,59 @@ class RunnerStats(msgspec.Struct):
     retries: int = 0
     checkpoints: int = 0
     bus_failures: int = 0  # bus calls that failed because the broker was unreachable
+
+
+class Buckets:
+    """A histogram as plain counts (``observe``: a bisect and two additions); collectors turn
+    it into a Prometheus histogram at scrape time (:mod:`tradepipe.ops.metrics`)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # bound i counts values <= bounds[i]
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, count of values <= le)`` per bound, then ``("+Inf", all)``."""
+        counts = list(self.counts)  # one copy: the owner may be counting meanwhile
+        total, out = 0, []
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), counts):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+#: handler time buckets (seconds): fine below a millisecond, where handlers live, and one
+#: bound at the alert threshold's 100 ms
+PROCESSING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class RunnerMeter:
+    """What a runner counts per record for its /metrics (served by
+    :class:`tradepipe.ops.metrics.ServiceCollector`): plain numbers, no lock on the hot path."""
+
+    __slots__ = ("processed", "seconds", "positions")
+
+    def __init__(self) -> None:
+        self.processed: dict[str, int] = {}  # records handled per input topic
+        self.seconds = Buckets(PROCESSING_BUCKETS)  # per record: decode, dedupe, handle
+        #: next offset per assigned partition after the last poll, replaced whole (never
+        #: mutated), so a scrape in another thread reads one consistent snapshot
+        self.positions: dict[TopicPartition, int] = {}
+
+    def record(self, topic: str, seconds: float) -> None:
+        processed = self.processed
+        processed[topic] = processed.get(topic, 0) + 1
+        self.seconds.observe(seconds)
 
 
 class DedupWindow:
@@ -138,6 +194,7 @@ class ServiceRunner:
         self.ctx = Context(service.name, clock or EventClock())
         self._live = isinstance(self.ctx.clock, WallClock)
         self.stats = RunnerStats()
+        self.meter = RunnerMeter()
         self._dedup = DedupWindow(config.dedup_window)
         self._since_checkpoint = 0
         self._lifetime_handled = 0
@@ -236,6 +293,7 @@ class ServiceRunner:
         """Poll one batch, handle it, publish its outputs; checkpoint when due. Returns the
         number of records polled (0 when there was nothing)."""
         records = self._on_bus("poll", lambda: self.consumer.poll(self.config.batch_size, self.config.poll_timeout_s))
+        self.meter.positions = self.consumer.positions()
         if records:
             self.handle_batch(records)
         elif self._live:
@@ -274,8 +332,11 @@ class ServiceRunner:
     def handle_batch(self, records: list[Record]) -> None:
         """Handle polled records, publish their outputs and dead letters, checkpoint if due."""
         outputs: list[Event] = self._breaker_events() if self._transitions else []
+        record_meter, clock = self.meter.record, time.perf_counter
         for record in records:
+            started = clock()
             outputs.extend(self._handle_record(record))
+            record_meter(record.topic, clock() - started)
         self.stats.emitted += publish(self.producer, self.codec, outputs)
         self._flush()
         if self._since_checkpoint >= self.config.checkpoint_every:

@@ -5,12 +5,12 @@ Two parts with one job each:
 - :class:`MessageFormatter` turns an event into a :class:`Notification` (message, severity) or
   None: OrderExecuted ("EURUSD BUY 12,000 @ 1.37412 (order ord-1, signal)"), PositionClosed
   (with its PnL and reason), OrderRejected, OrderCancelled, TradingStateChanged, AlertRaised,
-  CircuitBreakerStateChanged, and SagaCompleted when the workflow FAILED or TIMED_OUT. Order
-  events after the placement name only the order, so it remembers the side, volume and reason
-  of the last ``PLACED_MEMORY`` OrderPlaced events to say what the order was.
+  AlertResolved, CircuitBreakerStateChanged, and SagaCompleted when the workflow FAILED or
+  TIMED_OUT. Order events after the placement name only the order, so it remembers the side,
+  volume and reason of the last ``PLACED_MEMORY`` OrderPlaced events to say what the order was.
 - sinks (:class:`NotificationSink`: ``send(message, severity)``) deliver the text:
-  :class:`LogSink` writes it to the ``tradepipe.notifier`` logger at the severity's level; a
-  Telegram sink (the Bot API) is another implementation of the same one method.
+  :class:`LogSink` writes it to the ``tradepipe.notifier`` logger at the severity's level;
+  :class:`tradepipe.ops.telegram.TelegramSink` sends it to Telegram chats (the Bot API).
 
 :class:`Notifier` is the service joining them. It emits no events. A sink that raises does not
 stop the service or the other sinks: the failure is counted (``failed``) and logged, and the
@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 from tradepipe.events import ORDERS, SYSTEM, Event
 from tradepipe.events.types import (
-    AlertRaised, CircuitBreakerStateChanged, OrderCancelled, OrderExecuted, OrderPlaced, OrderRejected,
+    AlertRaised, AlertResolved, CircuitBreakerStateChanged, OrderCancelled, OrderExecuted, OrderPlaced, OrderRejected,
     PositionClosed, SagaCompleted, TradingStateChanged,
 )
 from tradepipe.runtime.service import Context, Service
@@ -63,7 +63,7 @@ def price_text(price: float) -> str:
     return f"{price:.5f}" if price < 100 else f"{price:.3f}"
 
 
-def _units(volume: float) -> str:
+def volume_text(volume: float) -> str:
     return f"{volume:,.0f}"
 
 
@@ -99,6 +99,7 @@ class MessageFormatter:
             OrderCancelled: self._cancelled,
             TradingStateChanged: self._trading_state,
             AlertRaised: self._alert,
+            AlertResolved: self._alert_resolved,
             CircuitBreakerStateChanged: self._breaker,
             SagaCompleted: self._saga,
         }
@@ -110,7 +111,7 @@ class MessageFormatter:
     def _order(self, event: OrderRejected | OrderCancelled) -> str:
         """ "EURUSD BUY 12,000 order ord-1" with what was placed, if it is remembered."""
         placed = self.placed.pop(event.order_id, None)
-        what = f"{placed.side} {_units(placed.volume)} " if placed is not None else ""
+        what = f"{placed.side} {volume_text(placed.volume)} " if placed is not None else ""
         return f"{_who(event)}{what}order {event.order_id}"
 
     def _placed(self, event: OrderPlaced) -> None:
@@ -123,13 +124,13 @@ class MessageFormatter:
         placed = self.placed.pop(event.order_id, None)
         why = f", {placed.reason}" if placed is not None else ""
         return Notification(
-            f"{_who(event)}{event.side} {_units(event.volume)} @ {price_text(event.price)} "
+            f"{_who(event)}{event.side} {volume_text(event.volume)} @ {price_text(event.price)} "
             f"(order {event.order_id}{why})", "info")
 
     def _closed(self, event: PositionClosed) -> Notification:
         why = f" ({event.reason})" if event.reason else ""
         return Notification(
-            f"{_who(event)}{event.side} {_units(event.volume)} closed {price_text(event.entry_price)} -> "
+            f"{_who(event)}{event.side} {volume_text(event.volume)} closed {price_text(event.entry_price)} -> "
             f"{price_text(event.exit_price)}, PnL {event.pnl:+,.2f}{why} (position {event.position_id})", "info")
 
     def _rejected(self, event: OrderRejected) -> Notification:
@@ -150,6 +151,12 @@ class MessageFormatter:
     def _alert(event: AlertRaised) -> Notification:
         numbers = _figures(("value {:g}", event.value), ("threshold {:g}", event.threshold))
         return Notification(f"{_who(event)}Alert {event.rule}: {event.message}{numbers}", event.severity)
+
+    @staticmethod
+    def _alert_resolved(event: AlertResolved) -> Notification:
+        what = f" ({event.subject})" if event.subject else ""
+        why = f": {event.message}" if event.message else ""
+        return Notification(f"{_who(event)}Resolved {event.rule}{what}{why}", "info")
 
     @staticmethod
     def _breaker(event: CircuitBreakerStateChanged) -> Notification:
@@ -212,4 +219,4 @@ class Notifier(Service):
                                  for order_id, side, volume, reason in state["placed"]}
 
 
-__all__ = ["LogSink", "MessageFormatter", "Notification", "NotificationSink", "Notifier", "price_text"]
+__all__ = ["LogSink", "MessageFormatter", "Notification", "NotificationSink", "Notifier", "price_text", "volume_text"]
