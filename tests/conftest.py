@@ -1,5 +1,6 @@
 """Session-wide brokers: one Tansu (memory storage) for every Kafka test; Redis is the
-machine's (127.0.0.1:6379), each test with its own key prefix."""
+machine's (127.0.0.1:6379), each test with its own key prefix; PostgreSQL is the machine's
+(127.0.0.1:5432, database ``test``), each test with its own schema."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from infra import REDIS_HOST, REDIS_PORT, Tansu
 
 REDIS_TEST_DB = 9
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +43,28 @@ def redis_url() -> Iterator[str]:
     for i in range(0, len(keys), 500):
         client.delete(*keys[i:i + 500])
     client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas() -> Iterator:
+    """``new(tag="t") -> URL``: a fresh PostgreSQL schema (``?schema=NAME``, created on first
+    use by the read store) for fixtures of any scope; every one is dropped at the end."""
+    import psycopg
+
+    names: list[str] = []
+
+    def new(tag: str = "t") -> str:
+        names.append(f"tp_{tag}_{uuid.uuid4().hex[:10]}")
+        return f"{POSTGRES_URL}?schema={names[-1]}"
+
+    yield new
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '10s'")  # a store left open fails the drop instead of hanging
+        for name in names:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def postgres_url(postgres_schemas) -> str:
+    """A URL of the machine's PostgreSQL with a schema of this test's own."""
+    return postgres_schemas()
