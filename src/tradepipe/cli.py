@@ -179,7 +179,7 @@ def service(
     """One pipeline service as its own process on a bus, until SIGTERM/SIGINT (then it
     checkpoints and leaves its group). The data bridge replays --data and exits when done."""
     from tradepipe.distributed import default_port
-    from tradepipe.pipeline import service_factories
+    from tradepipe.pipeline import gateway_factories, service_factories
 
     settings = settings_or_exit(config, bus, models={"registry": str(registry) if registry is not None else None})
     if strategy not in ("models", "ema-cross"):
@@ -189,6 +189,7 @@ def service(
         factories = service_factories(settings, strategy=strategy, registry=settings.models.registry, audit_path=audit_path)
     except Exception as exc:
         raise fail(f"cannot set up the {strategy} services: {exc}") from None
+    factories |= gateway_factories(settings)
     names = ["data-bridge", *factories]
     if name == "list":
         for known in names:
@@ -200,6 +201,7 @@ def service(
         raise fail("a memory:// bus lives in one process: give --bus kafka://..., redis://... or sqlite:///...")
     port = default_port(name) if port is None else port
     bus_obj = open_or_exit(settings, create=True)
+    bot = None
     try:
         ensure_topics_or_exit(bus_obj, settings)
         checkpoints = _state_store(settings, state, bus_obj)
@@ -210,12 +212,40 @@ def service(
             from tradepipe.runtime.runner import ServiceRunner
 
             built = factories[name]()
+            if name == "notifier":
+                bot = _telegram_bot(settings, bus_obj, built)
             runner = ServiceRunner(built, bus_obj, group=group, checkpoints=checkpoints,
                                    config=settings.runner.runner_config(), instance_id=instance)
             group_name, instance_id = runner.group, runner.instance_id
         _host(runner, name, instance_id, group_name, port)
     finally:
+        if bot is not None:
+            bot.stop()
         bus_obj.close()
+
+
+def _telegram_bot(settings: Settings, bus_obj: Bus, notifier):
+    """With telegram.token set, the notifier's messages also go to telegram.chat_ids, and a
+    thread answers their commands from the read store (read.store). None without a token."""
+    if not settings.telegram.token.get_secret_value():
+        return None
+    from tradepipe.ops.telegram import BotApiError, TelegramBot
+    from tradepipe.read.sql import StoreError
+
+    try:
+        bot = TelegramBot.from_settings(settings, bus_obj)
+    except StoreError as exc:
+        raise fail(f"read.store: {exc}") from None
+    try:
+        me = bot.start()
+    except BotApiError as exc:
+        bot.stop()
+        raise fail(f"telegram: {exc} (check telegram.token and telegram.base_url)") from None
+    notifier.sinks += (bot.sink,)
+    err.print(f"telegram: @{me.get('username')} notifies and answers chats "
+              f"{', '.join(map(str, settings.telegram.chat_ids)) or '(none: telegram.chat_ids is empty)'}",
+              highlight=False)
+    return bot
 
 
 def ensure_topics_or_exit(bus_obj: Bus, settings: Settings) -> None:
@@ -837,6 +867,146 @@ def trading_halt(reason: ReasonOption = "operator", bus: BusOption = None, confi
 def trading_resume(reason: ReasonOption = "operator", bus: BusOption = None, config: ConfigOption = None) -> None:
     """Resume trading after a halt or a tripped kill switch (the only way out of one)."""
     _send_trading_command("resume", reason, bus, config)
+
+
+# --- projections -------------------------------------------------------------------------------
+
+projections_app = typer.Typer(help="The transactional projections (prices, orders, trades, positions, portfolio).",
+                              no_args_is_help=True)
+app.add_typer(projections_app, name="projections")
+StoreOption = Annotated[Optional[str], typer.Option(
+    "--store", help="Read store: sqlite:///file.db or postgresql://user@host:port/db[?schema=NAME] (default: read.store).")]
+
+
+def _open_read_store_or_exit(settings: Settings):
+    from tradepipe.read.projections import open_read_store
+    from tradepipe.read.sql import StoreError
+
+    try:
+        return open_read_store(settings.read.store, initial_equity=settings.trading.initial_equity)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(bus: BusOption = None, store: StoreOption = None, config: ConfigOption = None) -> None:
+    """Drop the projections and build them again from every event on the bus."""
+    from tradepipe.read.projections import rebuild
+    from tradepipe.read.sql import StoreError, redacted
+
+    settings = settings_or_exit(config, bus, read={"store": store})
+    bus_obj = open_or_exit(settings, create=False)
+    try:
+        read_store = _open_read_store_or_exit(settings)
+        try:
+            with _progress() as progress:
+                task = progress.add_task("rebuild (records)", total=None)
+                stats = rebuild(bus_obj, read_store, codec=get_codec(settings.bus.codec),
+                                batch_size=settings.read.batch_size,
+                                on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+            rows = read_store.row_counts()
+        finally:
+            read_store.close()
+    except (BusError, StoreError) as exc:
+        raise fail(str(exc)) from None
+    finally:
+        bus_obj.close()
+    _print_summary({"store": redacted(settings.read.store), "records read": stats.records,
+                    "events applied": stats.applied, "skipped (other types)": stats.skipped,
+                    "duplicates": stats.duplicates, "rows": rows}, title="projections rebuild")
+
+
+@projections_app.command("status")
+def projections_status(
+    store: StoreOption = None,
+    bus: Annotated[Optional[str], typer.Option("--bus", help="Also show the lag behind this bus.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Where the projections are per topic-partition, and their row counts."""
+    from tradepipe.read.sql import StoreError
+
+    settings = settings_or_exit(config, bus, read={"store": store})
+    read_store = _open_read_store_or_exit(settings)
+    try:
+        offsets, rows = read_store.offsets(), read_store.row_counts()
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        read_store.close()
+    ends: dict[tuple[str, int], int] = {}
+    if bus is not None:
+        bus_obj = open_or_exit(settings, create=False)
+        try:
+            ends = {(t, p): end for t in {tp.topic for tp in offsets} for p, end in bus_obj.end_offsets(t).items()}
+        except BusError as exc:
+            raise fail(str(exc)) from None
+        finally:
+            bus_obj.close()
+    table = Table("topic", "partition", "next offset", *(("end offset", "lag") if bus is not None else ()),
+                  title="positions", title_justify="left")
+    for tp, offset in sorted(offsets.items()):
+        cells = [tp.topic, str(tp.partition), f"{offset:,}"]
+        if bus is not None:
+            end = ends.get(tp)
+            cells += ["-", "-"] if end is None else [f"{end:,}", f"{end - offset:,}"]
+        table.add_row(*cells)
+    out.print(table)
+    counts = Table("table", "rows", title="rows", title_justify="left")
+    for name, count in rows.items():
+        counts.add_row(name, f"{count:,}")
+    out.print(counts)
+
+
+# --- the API gateway ---------------------------------------------------------------------------
+
+api_app = typer.Typer(help="The API gateway: read endpoints, commands as events, /metrics, the dashboard.")
+app.add_typer(api_app, name="api")
+
+
+@api_app.callback(invoke_without_command=True)
+def api(
+    ctx: typer.Context,
+    bus: BusOption = None,
+    store: Annotated[Optional[str], typer.Option("--store", help="Read store: sqlite:///file.db or postgresql://... (default: read.store).")] = None,
+    analytics: Annotated[Optional[str], typer.Option("--analytics", help="Analytics store: chdb:///dir or clickhouse://... (default: read.analytics); 'none' for no analytics.")] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default: api.host).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Port (default: api.port; 0: any free port).")] = None,
+    state: Annotated[Optional[str], typer.Option("--state", help="Checkpoint store of the command handler (as for `tradepipe service`).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the API gateway until SIGTERM/SIGINT: the projections and analytics kept current
+    from the bus, the command handler, the aggregated /metrics, /openapi.json and the dashboard."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tradepipe.api.server import serve
+
+    settings = settings_or_exit(config, bus, read={"store": store, "analytics": analytics},
+                                api={"host": host, "port": port})
+    if settings.bus.url.startswith("memory://"):
+        raise fail("a memory:// bus lives in one process: give --bus sqlite:///..., kafka://... or redis://...")
+    bus_obj = open_or_exit(settings, create=True)
+    try:
+        ensure_topics_or_exit(bus_obj, settings)
+        serve(settings, bus_obj, _state_store(settings, state, bus_obj),
+              on_ready=lambda url: err.print(f"tradepipe api on {url} (bus {settings.bus.url}); docs: {url}/docs",
+                                             highlight=False))
+    except (ConfigError, OSError) as exc:
+        raise fail(str(exc)) from None
+    finally:
+        bus_obj.close()
+
+
+@api_app.command("hash-key")
+def api_hash_key() -> None:
+    """Print an API key's configured form for api.keys ("sha256:<hex>").
+
+    The key is read from stdin (or a hidden prompt), never from the command line (shell history)."""
+    from tradepipe.api.auth import hash_key
+
+    key = sys.stdin.readline().strip() if not sys.stdin.isatty() else typer.prompt("API key", hide_input=True)
+    if not key:
+        raise fail("no key given on stdin")
+    out.print(hash_key(key), highlight=False)
 
 
 # --- schemas -----------------------------------------------------------------------------------

@@ -36,11 +36,14 @@ from tradepipe.events.types import BarClosed, OrderPlaced
 from tradepipe.features.bars import TIMEFRAMES
 from tradepipe.models.dataset import file_sha256
 from tradepipe.models.registry import ModelCard, ModelRegistry
+from tradepipe.ops.alerts import AlertRules
+from tradepipe.ops.metrics import ConsumerLag, pipeline_groups
 from tradepipe.read.audit_log import AuditLog
 from tradepipe.runtime.kernel import InProcessPipeline
 from tradepipe.runtime.runner import ensure_topics
 from tradepipe.runtime.service import Context, Service
 from tradepipe.services.analytics import PerformanceAnalytics
+from tradepipe.services.api_commands import ApiCommandHandler
 from tradepipe.services.audit_trail import AuditTrail
 from tradepipe.services.bar_builder import BarBuilder
 from tradepipe.services.data_bridge import DataBridge
@@ -257,7 +260,20 @@ def service_factories(settings: Settings, *, strategy: Strategy = "models",
     if strategy != "features":
         audit_log = None if audit_path is None else (lambda: AuditLog(audit_path))
         factories.update(decision_factories(settings, strategy=strategy, audit_log=audit_log))
+        # the alert rules watch the deployment, every group's lag included (on their own
+        # connection). Not in the in-process run: judging every tick, feature and prediction
+        # there cost ~5 % of `tradepipe run`'s throughput
+        names = ["data-bridge", *factories, AlertRules.name]
+        factories[AlertRules.name] = lambda: AlertRules.from_settings(
+            settings, lag=ConsumerLag(settings.bus.url, pipeline_groups(names)))
     return factories
+
+
+def gateway_factories(settings: Settings) -> dict[str, Callable[[], Service]]:
+    """Services of the API gateway (R8.2) that also run as their own process: the command
+    handler. Not part of the trading deployment (:func:`service_factories`): `tradepipe api`
+    runs it too."""
+    return {ApiCommandHandler.name: lambda: ApiCommandHandler(settings)}
 
 
 class RunRequest(msgspec.Struct, frozen=True, kw_only=True):

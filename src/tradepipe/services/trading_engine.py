@@ -47,9 +47,11 @@ the first refusal raises a critical AlertRaised, and the exit is retried after 1
 **Commands** (TradingCommand): ``halt`` (no flatten; a halt keeps the first reason, e.g. the
 kill switch's), ``resume`` (the peak equity restarts at the current equity, or the kill switch
 would trip again at once; a resume while trading is active changes nothing), ``cancel`` (a pending order
-at the broker; OrderCancelled only when one was cancelled) and ``flatten`` (close the position
-an order opened: a saga's compensation). A command naming no known order is counted and
-ignored. **ConfigurationUpdated** ``trading.*`` keys replace the settings, all or nothing; a
+at the broker; OrderCancelled only when one was cancelled), ``flatten`` (close the position
+an order opened: a saga's compensation) and ``order`` (a manual order of the API gateway: the
+signal's path, risk checks and reversal included, with reason "manual", a default stop, no
+target and no horizon; a refusal is an OrderRejected "risk: ..."). A command naming no known
+order is counted and ignored. **ConfigurationUpdated** ``trading.*`` keys replace the settings, all or nothing; a
 bad update, or one of ``initial_equity`` or ``broker`` (which cannot change under a running
 account), raises a warning alert and the old settings stay.
 
@@ -258,6 +260,15 @@ class TradingEngine(Service):
             return self._refuse(ctx, order_id, f"a {side} signal has nothing to trade")
         if not symbol:
             return self._refuse(ctx, order_id, "the signal names no symbol")
+        return self._enter(signal, order_id, symbol, side, ctx, stop_loss=signal.stop_loss,
+                           target_price=signal.target_price, exit_at=self._exit_at(signal, ctx), reason="signal")
+
+    def _enter(self, cause: Event, order_id: str, symbol: str, side: Side, ctx: Context, *,
+               stop_loss: float | None = None, target_price: float | None = None, units: float | None = None,
+               exit_at: datetime | None = None, reason: str) -> list[Event]:
+        """Open a position on ``symbol`` for ``cause`` (a signal or a manual order): price it
+        on the last quote, size it (``units``, or the sizing rule's), run the risk checks,
+        close the opposite side (reversal), place and fill the order."""
         tick = self.quotes.get(symbol)
         if tick is None:
             return self._refuse(ctx, order_id, f"no market price for {symbol} yet")
@@ -266,22 +277,23 @@ class TradingEngine(Service):
         settings, account = self.settings, self.account
         account.roll_day(ctx.now())
         entry = tick.ask if side == "BUY" else tick.bid
-        stop = protective_stop(side, entry, signal.stop_loss, settings.default_stop_bps, settings.min_stop_bps)
-        units = order_units(settings, account.equity, entry, stop)
+        stop = protective_stop(side, entry, stop_loss, settings.default_stop_bps, settings.min_stop_bps)
+        if units is None:
+            units = order_units(settings, account.equity, entry, stop)
         why = refusal(settings, account, symbol, side, units, entry, halted=self.halted)
         if why is not None:
             return self._refuse(ctx, order_id, why)
 
         out: list[Event] = []
         for position in [p for p in account.by_symbol.get(symbol, ()) if p.side != side]:
-            out += self._close(position, "reversal", signal, ctx)
+            out += self._close(position, "reversal", cause, ctx)
         if any(p.side != side for p in account.by_symbol.get(symbol, ())):
             # a close was refused: opening now would hold both sides of the symbol
             return out + self._refuse(ctx, order_id, f"reversal close refused: {symbol} still holds "
                                                      f"{account.open_units(symbol, OPPOSITE[side]):,.0f} units {OPPOSITE[side]}")
-        target = profit_target(side, entry, signal.target_price)
+        target = profit_target(side, entry, target_price)
         placed = ctx.emit(OrderPlaced, order_id=order_id, side=side, volume=units, price=entry, stop_loss=stop,
-                          take_profit=target, broker=self.broker.name, position_id=order_id, reason="signal")
+                          take_profit=target, broker=self.broker.name, position_id=order_id, reason=reason)
         out.append(placed)
         self.counters["orders_placed"] += 1
         request = OrderRequest(order_id=order_id, symbol=symbol, side=side, units=units, stop_loss=stop,
@@ -293,14 +305,14 @@ class TradingEngine(Service):
         self.counters["fills"] += 1
         account.open(Position(
             position_id=order_id, symbol=symbol, side=side, units=result.units, entry_price=result.price,
-            opened_at=ctx.now(), stop_loss=stop, take_profit=target, exit_at=self._exit_at(signal, ctx),
-            correlation_id=signal.correlation_id or signal.event_id, commission=result.commission,
+            opened_at=ctx.now(), stop_loss=stop, take_profit=target, exit_at=exit_at,
+            correlation_id=cause.correlation_id or cause.event_id, commission=result.commission,
         ))
         equity = account.mark(symbol, tick.bid, tick.ask)
         out.append(ctx.emit(OrderExecuted, order_id=order_id, side=side, volume=result.units, price=result.price,
                             commission=result.commission, slippage=result.slippage, position_id=order_id,
                             broker=self.broker.name, causation_id=placed.event_id))
-        out += self._check_kill_switch(equity, signal, ctx) or ()
+        out += self._check_kill_switch(equity, cause, ctx) or ()
         return out
 
     def _exit_at(self, signal: SignalValidated, ctx: Context) -> datetime | None:
@@ -382,6 +394,8 @@ class TradingEngine(Service):
             account.reset_peak()
             reason = f"manual resume: {command.reason}" if command.reason else "manual resume"
             return [self._state_changed(ctx, "ACTIVE", reason)]
+        if command.command == "order":
+            return self._on_manual_order(command, ctx)
         if command.command == "cancel":
             if self.broker.cancel(command.order_id):
                 self.counters["orders_cancelled"] += 1
@@ -394,6 +408,21 @@ class TradingEngine(Service):
             return []
         account.roll_day(ctx.now())
         return self._close(position, "compensation", command, ctx)
+
+    def _on_manual_order(self, command: TradingCommand, ctx: Context) -> list[Event]:
+        """An operator's order (the API gateway's): the same checks as a signal's, a default
+        stop, no target and no horizon. Its id is the command's ``order_id`` when it names one
+        (the gateway tells the requester that id), else derived from the command."""
+        order_id = command.order_id or order_id_for(command.event_id.bytes)
+        symbol, side, volume = command.symbol, command.side, command.volume
+        if side not in OPPOSITE:
+            return self._refuse(ctx, order_id, f"a manual order needs a side, BUY or SELL; got {side!r}")
+        if not symbol:
+            return self._refuse(ctx, order_id, "the manual order names no symbol")
+        if volume is not None and not 0 < volume <= self.settings.max_order_units:
+            return self._refuse(ctx, order_id, f"manual order volume {volume:,.0f} is not within (0, "
+                                               f"{self.settings.max_order_units:,.0f}] units (trading.max_order_units)")
+        return self._enter(command, order_id, symbol, side, ctx, units=volume, reason="manual")
 
     def _state_changed(self, ctx: Context, state: str, reason: str) -> TradingStateChanged:
         return ctx.emit(TradingStateChanged, state=state, reason=reason, equity=self.account.equity,
