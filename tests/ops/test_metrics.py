@@ -222,8 +222,14 @@ def test_consumer_lag_of_groups(events, tmp_path):
     consumer = bus.consumer("bar-builder", [MARKET_DATA])
     consumer.commit({TopicPartition(MARKET_DATA, 0): 5})
     consumer.close()
-    lag = ConsumerLag(f"sqlite:///{tmp_path / 'bus.db'}", {"bar-builder": (MARKET_DATA,), "notifier": (SYSTEM,)})
-    assert lag.lags() == {("bar-builder", MARKET_DATA, 0): 7, ("notifier", SYSTEM, 0): 0}
+    consumer = bus.consumer("notifier", [SYSTEM, MARKET_DATA])
+    consumer.commit({TopicPartition(SYSTEM, 0): 0})
+    consumer.close()
+    groups = {"bar-builder": (MARKET_DATA,), "notifier": (SYSTEM, MARKET_DATA), "trading-engine": (MARKET_DATA,)}
+    lag = ConsumerLag(f"sqlite:///{tmp_path / 'bus.db'}", groups)
+    # the trading engine never committed: not running, not lagging
+    assert lag.lags() == {("bar-builder", MARKET_DATA, 0): 7, ("notifier", SYSTEM, 0): 0,
+                          ("notifier", MARKET_DATA, 0): 12}
     m = scraped(registry_text(lag))
     assert m[("tradepipe_consumer_lag", (("partition", "0"), ("service", "bar-builder"), ("topic", MARKET_DATA)))] == 7
     lag.bus.close()

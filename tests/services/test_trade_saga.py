@@ -188,7 +188,7 @@ def test_a_timeout_at_each_step_in_event_time(k, timeout, waited_for):
     assert summary(done) == ("TIMED_OUT", steps, ALL_STEPS[k], f"no {waited_for} within {timeout}s", cancels,
                              bar.order_id if k == 3 else "")
     assert [(c.command, c.order_id, c.reason) for c in commands] == [
-        ("cancel", bar.order_id, f"saga compensation: fill timed out (no OrderExecuted within 10s)")] * len(cancels)
+        ("cancel", bar.order_id, "saga compensation: fill timed out (no OrderExecuted within 10s)")] * len(cancels)
     # decided at the event that moved the clock past the deadline, reported under the saga's ids
     last_accepted = steps_before(bar, k)[-1] if k else bar.features()[0]
     for event in outputs:

@@ -19,6 +19,7 @@ from tradepipe.events import Event
 from tradepipe.events.types import (
     OHLC,
     AlertRaised,
+    AlertResolved,
     BarClosed,
     ConfigurationUpdated,
     MarketDataReceived,
@@ -270,6 +271,9 @@ def test_kill_switch_halts_flattens_and_resume_reenables_through_the_kernel(up):
     kernel.feed(up.command("resume", T0 + 3 * MINUTE, reason="reviewed"))
     (resumed,) = [e for e in seen if isinstance(e, TradingStateChanged)]
     assert (resumed.state, resumed.reason, resumed.drawdown) == ("ACTIVE", "manual resume: reviewed", 0.0)
+    (cleared,) = [e for e in seen if isinstance(e, AlertResolved)]  # the kill switch's alert ends
+    assert (cleared.rule, cleared.subject, cleared.message, cleared.value) == (
+        "max_drawdown", "", "manual resume: reviewed", 0.0)
     assert engine.account.peak_equity == pytest.approx(100_000 + closed.pnl)
     kernel.feed(up.signal("BUY", later))
     assert types(seen[-2:]) == ["OrderPlaced", "OrderExecuted"]

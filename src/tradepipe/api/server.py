@@ -5,10 +5,11 @@
 - the read side (:class:`ReadSide`): the transactional projections (``read.store``) and the
   analytics tables (``read.analytics``, optional), each kept current by its projector on its
   own thread;
-- the command handler (:class:`~tradepipe.services.api_commands.ApiCommandHandler`) in a
-  :class:`~tradepipe.runtime.runner.ServiceRunner` thread, so commands are answered with no
-  other process running (a ``tradepipe service api-commands`` elsewhere may share the work:
-  same consumer group);
+- the command handler (:class:`~tradepipe.services.api_commands.ApiCommandHandler`) and the
+  alert rules (:class:`~tradepipe.ops.alerts.AlertRules`), each in a
+  :class:`~tradepipe.runtime.runner.ServiceRunner` thread, so commands are answered and
+  alerts raised with no other process running (a ``tradepipe service api-commands`` or
+  ``alerts`` elsewhere shares the work: same consumer group);
 - one :class:`~tradepipe.runtime.tail.BusTail` over every topic, feeding the gateway (the
   answers to commands), the dashboard, the aggregated metrics and the replay requests;
 - the FastAPI app (:func:`tradepipe.api.app.create_app`) under uvicorn, with the dashboard's
@@ -23,8 +24,8 @@ the beginning (the rebuild the ``tradepipe projections rebuild`` command does), 
 following the bus. Reads meanwhile see the store filling up again; events published during
 the rebuild are projected after it. Rebuilds run one at a time, off the tail's thread.
 
-SIGTERM or SIGINT stops uvicorn (open dashboard streams get ``GRACEFUL_S`` to finish), then
-the command handler checkpoints, the projectors stop after their batch, and the stores and
+SIGTERM or SIGINT ends the dashboard streams and stops uvicorn, then the command handler
+and the alert rules checkpoint, the projectors stop after their batch, and the stores and
 the tail close.
 """
 
@@ -46,6 +47,7 @@ from tradepipe.config import Settings
 from tradepipe.events.codec import get_codec
 from tradepipe.events.envelope import Event
 from tradepipe.events.types import ReplayRequested
+from tradepipe.ops.alerts import AlertRules
 from tradepipe.ops.dashboard import DashboardFeed, dashboard_router
 from tradepipe.ops.metrics import ConsumerLag, EventMetrics, pipeline_groups
 from tradepipe.pipeline import decision_factories, gateway_factories
@@ -187,8 +189,8 @@ def serve(settings: Settings, bus: Bus, checkpoints: CheckpointStore, *,
     tail = BusTail(bus, codec=codec)
     registry = CollectorRegistry(auto_describe=False)
     metrics = EventMetrics.from_settings(settings)
-    lag = ConsumerLag(bus, pipeline_groups([*decision_factories(settings, strategy="ema-cross"),
-                                            *gateway_factories(settings)]))
+    groups = pipeline_groups([*decision_factories(settings, strategy="ema-cross"), *gateway_factories(settings)])
+    lag = ConsumerLag(bus, groups)
     registry.register(metrics)
     registry.register(lag)
     tail.subscribe(metrics)
@@ -197,27 +199,38 @@ def serve(settings: Settings, bus: Bus, checkpoints: CheckpointStore, *,
     handler = ServiceRunner(ApiCommandHandler(settings), bus, codec=codec, checkpoints=checkpoints,
                             config=settings.runner.runner_config())
     commands = Worker("api-commands", lambda stop: handler.run(stop=stop))
+    # its own lag source: the scrape thread uses the other one
+    alert_runner = ServiceRunner(AlertRules.from_settings(settings, lag=ConsumerLag(bus, groups)), bus, codec=codec,
+                                 checkpoints=checkpoints, config=settings.runner.runner_config())
+    alerts = Worker("alerts", lambda stop: alert_runner.run(stop=stop))
     app = create_app(settings, events=events, tail=tail, read=read_side.store, analytics=read_side.analytics,
                      registry=registry, routers=[dashboard_router(feed)],
                      health=lambda: {"bus": bus.url, "commandHandler": "running" if commands.alive else "stopped",
+                                     "alerts": "running" if alerts.alive else "stopped",
                                      **read_side.health()})
     tail.subscribe(read_side.on_event)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port, log_level="info",
                                            timeout_graceful_shutdown=GRACEFUL_S))
     # uvicorn re-raises the signal that stopped it once it is done: with our handler in place
     # (not the default, which kills the process) the shutdown below still runs
+    def stop_serving(sig: int, frame: Any) -> None:
+        feed.close()  # ends the dashboard streams now, rather than after uvicorn's grace period
+        server.handle_exit(sig, frame)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, server.handle_exit)
+        signal.signal(sig, stop_serving)
     try:
         tail.start()
         read_side.start()
         commands.start()
+        alerts.start()
         if on_ready is not None:
             _announce_when_started(server, on_ready)
         server.run()
     finally:
-        commands.stop()
-        handler.close()
+        for worker, runner in ((commands, handler), (alerts, alert_runner)):
+            worker.stop()
+            runner.close()
         feed.close()
         tail.stop()
         read_side.close()

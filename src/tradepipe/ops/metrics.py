@@ -559,7 +559,9 @@ class EventMetrics:
 
 class ConsumerLag:
     """Lag of consumer groups, end offset - committed offset per partition of their input
-    topics (a group that never committed on a partition lags by all of it), from any process:
+    topics (a group that never committed on a partition lags by all of it; a group with no
+    commit at all is not running, e.g. the in-process run's services, and is left out), from
+    any process:
     the bus is opened on first use when given as a URL. Also a collector
     (``tradepipe_consumer_lag``, the group as ``service``)."""
 
@@ -585,12 +587,12 @@ class ConsumerLag:
                 if topic in known}
         out = {}
         for group, topics in sorted(self.groups.items()):
-            for topic in topics:
-                if topic not in ends:
-                    continue
-                committed = bus.committed_offsets(group, topic)
+            committed = {topic: bus.committed_offsets(group, topic) for topic in topics if topic in ends}
+            if not any(committed.values()):
+                continue
+            for topic, offsets in committed.items():
                 for partition, end in sorted(ends[topic].items()):
-                    out[(group, topic, partition)] = max(0, end - committed.get(partition, 0))
+                    out[(group, topic, partition)] = max(0, end - offsets.get(partition, 0))
         return out
 
     def describe(self) -> Iterable:

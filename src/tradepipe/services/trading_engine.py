@@ -74,6 +74,7 @@ from tradepipe.config import ConfigError, TradingSettings, apply_changes
 from tradepipe.events import MARKET_DATA, SYSTEM, VALIDATED, Event
 from tradepipe.events.types import (
     AlertRaised,
+    AlertResolved,
     ConfigurationUpdated,
     MarketDataReceived,
     OrderCancelled,
@@ -105,6 +106,7 @@ COUNTERS = (
 
 #: event-time waits before re-sending a close the broker refused (the last one repeats)
 CLOSE_RETRY_S = (1, 5, 30, 60)
+KILL_SWITCH = "kill switch"  # how a halt by the drawdown limit starts its reason
 #: settings a running account cannot take live
 NOT_LIVE = ("trading.initial_equity", "trading.broker")
 
@@ -233,7 +235,7 @@ class TradingEngine(Service):
         if drawdown < limit or self.halted is not None:
             return None
         self.flattening = self.settings.flatten_on_halt
-        self.halted = (f"kill switch: drawdown {drawdown:.2%} of peak equity {account.peak_equity:,.2f} "
+        self.halted = (f"{KILL_SWITCH}: drawdown {drawdown:.2%} of peak equity {account.peak_equity:,.2f} "
                        f"reached the limit {limit:.2%} (equity {equity:,.2f})")
         out: list[Event] = [
             ctx.emit(TradingStateChanged, state="HALTED", reason=self.halted, equity=equity, drawdown=drawdown),
@@ -389,11 +391,15 @@ class TradingEngine(Service):
             if self.halted is None:  # answered, but the peak stays: the kill switch keeps its distance
                 self.counters["unmatched_commands"] += 1
                 return [self._state_changed(ctx, "ACTIVE", "resume ignored: trading is not halted")]
+            kill_switch = self.halted.startswith(KILL_SWITCH)
             self.halted = None
             self.flattening = False
             account.reset_peak()
             reason = f"manual resume: {command.reason}" if command.reason else "manual resume"
-            return [self._state_changed(ctx, "ACTIVE", reason)]
+            out = [self._state_changed(ctx, "ACTIVE", reason)]
+            if kill_switch:  # its alert has fired until now: the peak moved, the drawdown is 0
+                out.append(ctx.emit(AlertResolved, rule="max_drawdown", message=reason, value=0.0))
+            return out
         if command.command == "order":
             return self._on_manual_order(command, ctx)
         if command.command == "cancel":
