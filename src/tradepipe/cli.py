@@ -978,18 +978,33 @@ def api(
     from the bus, the command handler, the aggregated /metrics, /openapi.json and the dashboard."""
     if ctx.invoked_subcommand is not None:
         return
+    _serve_api(settings_or_exit(config, bus, read={"store": store, "analytics": analytics},
+                                api={"host": host, "port": port}), state)
+
+
+@app.command()
+def dashboard(
+    bus: BusOption = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default: api.host).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Port (default: api.port; 0: any free port).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the live dashboard at /dashboard: the API process (`tradepipe api`, which has
+    every option) with its read side following the bus."""
+    _serve_api(settings_or_exit(config, bus, api={"host": host, "port": port}), None)
+
+
+def _serve_api(settings: Settings, state: str | None) -> None:
     from tradepipe.api.server import serve
 
-    settings = settings_or_exit(config, bus, read={"store": store, "analytics": analytics},
-                                api={"host": host, "port": port})
     if settings.bus.url.startswith("memory://"):
         raise fail("a memory:// bus lives in one process: give --bus sqlite:///..., kafka://... or redis://...")
     bus_obj = open_or_exit(settings, create=True)
     try:
         ensure_topics_or_exit(bus_obj, settings)
         serve(settings, bus_obj, _state_store(settings, state, bus_obj),
-              on_ready=lambda url: err.print(f"tradepipe api on {url} (bus {settings.bus.url}); docs: {url}/docs",
-                                             highlight=False))
+              on_ready=lambda url: err.print(f"tradepipe api on {url} (bus {settings.bus.url}); docs: {url}/docs; "
+                                             f"dashboard: {url}/dashboard", highlight=False))
     except (ConfigError, OSError) as exc:
         raise fail(str(exc)) from None
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gateway_kit import AUTH, KEY, WINDOW, sqlite_bus, wait_for
+from infra import free_port
 
 from tradepipe.api.auth import hash_key
 from tradepipe.config import Settings
@@ -23,12 +23,6 @@ from tradepipe.pipeline import RunRequest, run_pipeline
 from tradepipe.sources import sample_paths
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -92,3 +86,23 @@ def test_tradepipe_api_serves_the_read_side_commands_and_metrics(api_process):
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, Path(log).read_text()
     assert KEY not in Path(log).read_text()  # keys are never logged
+
+
+def test_tradepipe_dashboard_serves_the_page_of_the_api_process(tmp_path):
+    """`tradepipe dashboard`: the API process by another name, telling where the page is."""
+    sqlite_bus(tmp_path).close()
+    config = tmp_path / "tradepipe.toml"
+    config.write_text(f'[read]\nstore = "sqlite:///{tmp_path / "read.db"}"\nanalytics = "none"\n')
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tradepipe", "dashboard", "--config", str(config), "--bus",
+         f"sqlite:///{tmp_path / 'bus.db'}", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "NO_COLOR": "1"}, cwd=tmp_path)
+    try:
+        page = wait_for(lambda: (r := get(f"http://127.0.0.1:{port}/dashboard")) is not None and r, 60)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert f"dashboard: http://127.0.0.1:{port}/dashboard" in output
