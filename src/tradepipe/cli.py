@@ -871,7 +871,8 @@ def trading_resume(reason: ReasonOption = "operator", bus: BusOption = None, con
 
 # --- projections -------------------------------------------------------------------------------
 
-projections_app = typer.Typer(help="The transactional projections (prices, orders, trades, positions, portfolio).",
+projections_app = typer.Typer(help="The read side's projections (prices, orders, trades, positions, portfolio; "
+                                   "analytics tables with --analytics).",
                               no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
 StoreOption = Annotated[Optional[str], typer.Option(
@@ -889,31 +890,62 @@ def _open_read_store_or_exit(settings: Settings):
 
 
 @projections_app.command("rebuild")
-def projections_rebuild(bus: BusOption = None, store: StoreOption = None, config: ConfigOption = None) -> None:
-    """Drop the projections and build them again from every event on the bus."""
+def projections_rebuild(
+    bus: BusOption = None,
+    store: StoreOption = None,
+    analytics: Annotated[Optional[str], typer.Option(
+        "--analytics", help="Also rebuild this analytics store: chdb:///dir or clickhouse://... "
+                            "(not held by a running `tradepipe api`).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Drop the projections (and with --analytics the analytics tables) and build them again
+    from every event on the bus."""
     from tradepipe.read.projections import rebuild
     from tradepipe.read.sql import StoreError, redacted
 
     settings = settings_or_exit(config, bus, read={"store": store})
+    codec = get_codec(settings.bus.codec)
     bus_obj = open_or_exit(settings, create=False)
     try:
         read_store = _open_read_store_or_exit(settings)
         try:
             with _progress() as progress:
                 task = progress.add_task("rebuild (records)", total=None)
-                stats = rebuild(bus_obj, read_store, codec=get_codec(settings.bus.codec),
-                                batch_size=settings.read.batch_size,
+                stats = rebuild(bus_obj, read_store, codec=codec, batch_size=settings.read.batch_size,
                                 on_progress=lambda done, total: progress.update(task, completed=done, total=total))
             rows = read_store.row_counts()
         finally:
             read_store.close()
+        summary = {"store": redacted(settings.read.store), "records read": stats.records,
+                   "events applied": stats.applied, "skipped (other types)": stats.skipped,
+                   "duplicates": stats.duplicates, "rows": rows}
+        if analytics is not None:
+            summary |= _rebuild_analytics(bus_obj, analytics, codec)
     except (BusError, StoreError) as exc:
         raise fail(str(exc)) from None
     finally:
         bus_obj.close()
-    _print_summary({"store": redacted(settings.read.store), "records read": stats.records,
-                    "events applied": stats.applied, "skipped (other types)": stats.skipped,
-                    "duplicates": stats.duplicates, "rows": rows}, title="projections rebuild")
+    _print_summary(summary, title="projections rebuild")
+
+
+def _rebuild_analytics(bus_obj: Bus, url: str, codec) -> dict:
+    from tradepipe.read.analytics import open_analytics_store, rebuild_analytics
+    from tradepipe.read.clickhouse import AnalyticsStoreError, AnalyticsURLError
+    from tradepipe.read.sql import redacted
+
+    try:
+        store = open_analytics_store(url)
+        try:
+            with _progress() as progress:
+                task = progress.add_task("analytics (records)", total=None)
+                records = rebuild_analytics(bus_obj, store, codec=codec,
+                                            on_progress=lambda n: progress.advance(task, n))
+            rows = store.row_counts()
+        finally:
+            store.close()
+    except (AnalyticsStoreError, AnalyticsURLError) as exc:
+        raise fail(f"--analytics: {exc}") from None
+    return {"analytics": redacted(url), "analytics records read": records, "analytics rows": rows}
 
 
 @projections_app.command("status")

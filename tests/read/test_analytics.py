@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import os
 import subprocess
 import sys
 import threading
@@ -445,3 +446,19 @@ def test_a_chdb_path_held_by_another_process_is_named(projected, backend):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "is held by another process" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_cli_rebuilds_the_analytics_tables_with_the_projections(run, projected, tmp_path):
+    """`tradepipe projections rebuild --analytics URL` (its own process: chDB holds one path per
+    process) fills the tables with what the in-process projection holds."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tradepipe", "projections", "rebuild", "--bus", run.bus.url,
+         "--store", f"sqlite:///{tmp_path / 'read.db'}", "--analytics", f"chdb:///{tmp_path / 'analytics'}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "300"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ", ".join(f"{table}={n:,}" for table, n in projected.row_counts().items()) in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "tradepipe", "projections", "rebuild", "--bus", run.bus.url,
+                          "--store", f"sqlite:///{tmp_path / 'read.db'}", "--analytics", "chdb:/nowhere"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    assert bad.returncode == 2 and "--analytics:" in bad.stderr

@@ -385,6 +385,10 @@ class AnalyticsStore:
         [row] = self._query(_Count, f"SELECT count() AS n FROM {self.database}.{table} FINAL")
         return row.n
 
+    def row_counts(self) -> dict[str, int]:
+        """Distinct events per table."""
+        return {row.table: self.count(row.table) for row in ROWS}
+
     def ohlc(self, symbol: str, timeframe: str, start: datetime | None = None, end: datetime | None = None,
              limit: int = 1000) -> list[Candle]:
         """Mid-price candles of ``symbol`` for any ``timeframe`` ("1m", "5m", "4h", "1d", ...)
