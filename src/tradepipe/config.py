@@ -273,6 +273,8 @@ class ApiSettings(Section):
     keys: dict[str, str] = Field(default_factory=dict, description="API keys allowed to change state, hashed")
     rate_limit_per_minute: int = Field(600, ge=1, description="requests per client (key or address) per minute")
     sync_timeout_s: float = Field(5.0, gt=0, description="?sync=true waits this long for the response event")
+    dashboard_history: int = Field(100_000, ge=0, description="records per partition the dashboard replays "
+                                   "when the process starts, so it opens on recent history, not a blank page")
 
 
 class AlertSettings(Section):

@@ -5,6 +5,7 @@ on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -83,6 +84,10 @@ def test_tradepipe_api_serves_the_read_side_commands_and_metrics(api_process):
     wait_for(lambda: get(f"{base}/health").json()["rebuilds"] == 1, 60)
     assert len(get(f"{base}/api/v1/orders").json()) == 24
     assert get(f"{base}/dashboard").status_code == 200
+    # the dashboard opens on the history already on the bus (api.dashboard_history back)
+    fills = [t["orderId"] for t in get(f"{base}/api/v1/trades?limit=1000").json()]
+    shown = wait_for(lambda: len(f := dashboard_fills(base)) == len(fills) and f, 30)
+    assert sorted(f["orderId"] for f in shown) == sorted(fills)
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, Path(log).read_text()
     assert KEY not in Path(log).read_text()  # keys are never logged
@@ -106,3 +111,12 @@ def test_tradepipe_dashboard_serves_the_page_of_the_api_process(tmp_path):
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert f"dashboard: http://127.0.0.1:{port}/dashboard" in output
+
+
+def dashboard_fills(base: str) -> list[dict]:
+    """The fills in the dashboard stream's first message (its snapshot)."""
+    with httpx.stream("GET", f"{base}/dashboard/stream", timeout=10) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                return json.loads(line[5:])["fills"]
+    return []

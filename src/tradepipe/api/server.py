@@ -10,8 +10,9 @@
   :class:`~tradepipe.runtime.runner.ServiceRunner` thread, so commands are answered and
   alerts raised with no other process running (a ``tradepipe service api-commands`` or
   ``alerts`` elsewhere shares the work: same consumer group);
-- one :class:`~tradepipe.runtime.tail.BusTail` over every topic, feeding the gateway (the
-  answers to commands), the dashboard, the aggregated metrics and the replay requests;
+- one :class:`~tradepipe.runtime.tail.BusTail` over every topic from its end, feeding the
+  gateway (the answers to commands), the aggregated metrics and the replay requests, and one
+  for the dashboard starting ``api.dashboard_history`` records back;
 - the FastAPI app (:func:`tradepipe.api.app.create_app`) under uvicorn, with the dashboard's
   router and the aggregated ``/metrics``: the pipeline's metrics from its events
   (:class:`~tradepipe.ops.metrics.EventMetrics` on the tail) and the consumer lag of the
@@ -194,7 +195,10 @@ def serve(settings: Settings, bus: Bus, checkpoints: CheckpointStore, *,
     registry.register(metrics)
     registry.register(lag)
     tail.subscribe(metrics)
-    feed = DashboardFeed(tail, read_model=read_side.store, lag=lambda: _lag_by_group(lag))
+    # the dashboard's own tail starts api.dashboard_history records back, so the page opens on
+    # recent history (prices, signals, fills, equity) while the metrics count from now
+    dashboard_tail = BusTail(bus, codec=codec, history=settings.api.dashboard_history)
+    feed = DashboardFeed(dashboard_tail, lag=lambda: _lag_by_group(lag))
     events = EventStore(bus, codec)
     handler = ServiceRunner(ApiCommandHandler(settings), bus, codec=codec, checkpoints=checkpoints,
                             config=settings.runner.runner_config())
@@ -221,6 +225,7 @@ def serve(settings: Settings, bus: Bus, checkpoints: CheckpointStore, *,
         signal.signal(sig, stop_serving)
     try:
         tail.start()
+        dashboard_tail.start()
         read_side.start()
         commands.start()
         alerts.start()
@@ -232,6 +237,7 @@ def serve(settings: Settings, bus: Bus, checkpoints: CheckpointStore, *,
             worker.stop()
             runner.close()
         feed.close()
+        dashboard_tail.stop()
         tail.stop()
         read_side.close()
         events.close()

@@ -2,7 +2,8 @@
 
 The API gateway, the dashboard and the aggregated metrics watch the pipeline this way: no
 consumer group (nothing is committed, every watcher sees everything), starting at the end of
-each partition (or at the beginning with ``from_start``), one background thread polling.
+each partition (or at the beginning with ``from_start``, or ``history`` records before the
+end), one background thread polling.
 A subscriber is a callable ``(event, record)``; one that raises is logged and kept, so a
 broken watcher cannot stop the others. Records that do not decode are skipped (the services
 dead-letter them; a watcher only observes).
@@ -26,11 +27,13 @@ Subscriber = Callable[[Event, Record], None]
 
 class BusTail:
     def __init__(self, bus: Bus, topics: Iterable[str] = ALL_TOPICS, *, codec: Codec | None = None,
-                 from_start: bool = False, poll_timeout_s: float = 0.05, batch: int = 1000) -> None:
+                 from_start: bool = False, history: int = 0, poll_timeout_s: float = 0.05,
+                 batch: int = 1000) -> None:
         self.bus = bus
         self.topics = tuple(t for t in topics if t in bus.topics())
         self.codec = codec or JsonCodec()
         self.from_start = from_start
+        self.history = history
         self.poll_timeout_s = poll_timeout_s
         self.batch = batch
         self.seen = 0  # events handed to subscribers
@@ -72,7 +75,7 @@ class BusTail:
             if not self.from_start:
                 ends = {t: self.bus.end_offsets(t) for t in self.topics}
                 for tp in partitions:
-                    consumer.seek(tp, ends[tp.topic][tp.partition])
+                    consumer.seek(tp, max(0, ends[tp.topic][tp.partition] - self.history))
             self._started.set()
             while not self._stop.is_set():
                 try:
