@@ -33,6 +33,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(condition, timeout_s: float = 60.0, what: str = "the condition", interval_s: float = 0.02):
+    """Poll ``condition()`` until it is truthy and return that value; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(interval_s)
+    return result
+
+
 def wait_for_port(port: int, timeout_s: float = 20.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

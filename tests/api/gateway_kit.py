@@ -5,7 +5,6 @@ TestClient over the ASGI app)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -67,15 +66,6 @@ def gateway(settings: Settings, bus: Bus, read: ReadStore, analytics: AnalyticsS
             yield client
     finally:
         events.close()
-
-
-def wait_for(condition, timeout_s: float = 15.0):
-    """Poll ``condition()`` until it is truthy (returned) or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-    return result
 
 
 class Collected:

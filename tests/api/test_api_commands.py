@@ -9,7 +9,8 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-from gateway_kit import AUTH, Collected, api_settings, gateway, running, wait_for
+from gateway_kit import AUTH, Collected, api_settings, gateway, running
+from infra import wait_until
 
 from tradepipe.config import Settings
 from tradepipe.events.types import (
@@ -46,9 +47,9 @@ def test_a_sync_command_returns_the_handlers_answer_with_one_correlation(handled
     assert body["command"] == "halt" and [p["type"] for p in body["published"]] == ["TradingCommand"]
     request_id = answer.headers["X-Request-Id"]
     correlation = uuid.UUID(request_id)
-    request = wait_for(lambda: seen.of(APIRequestReceived, request_id=request_id))[0]
+    request = wait_until(lambda: seen.of(APIRequestReceived, request_id=request_id))[0]
     assert request.correlation_id == request.event_id == correlation and request.sync is True
-    command = wait_for(lambda: seen.of(TradingCommand, correlation_id=correlation))[0]
+    command = wait_until(lambda: seen.of(TradingCommand, correlation_id=correlation))[0]
     assert (command.command, command.reason, str(command.event_id)) == ("halt", "maintenance", body["published"][0]["eventId"])
     response = seen.of(APIResponseReady, request_id=request_id)[0]
     assert response.correlation_id == correlation and response.status == 200
@@ -62,7 +63,7 @@ def test_configuration_changes_are_validated_like_the_services_apply_them(handle
 
     applied = configure({"validator.min_confidence": 0.4, "trading.max_daily_loss": 0.01})
     assert applied.status_code == 200
-    update = wait_for(lambda: seen.of(ConfigurationUpdated))[0]
+    update = wait_until(lambda: seen.of(ConfigurationUpdated))[0]
     assert update.changes == {"validator.min_confidence": 0.4, "trading.max_daily_loss": 0.01}
     refused = {
         "validator.min_confidence": (2, "validator.min_confidence: Input should be less than or equal to 1"),
@@ -92,7 +93,7 @@ def test_an_async_command_is_accepted_then_its_status_shows_the_answer(handled):
     assert accepted.status_code == 202
     body = accepted.json()
     assert body["statusUrl"] == f"/api/v1/requests/{body['requestId']}" == accepted.headers["Location"]
-    done = wait_for(lambda: (s := client.get(body["statusUrl"], headers=AUTH).json())["status"] == "done" and s)
+    done = wait_until(lambda: (s := client.get(body["statusUrl"], headers=AUTH).json())["status"] == "done" and s)
     assert done["response"]["status"] == 200
     assert done["response"]["body"]["command"] == "replay" and done["response"]["body"]["target"] == "projections"
     assert client.get("/api/v1/requests/01a2-unknown", headers=AUTH).status_code == 404
@@ -158,20 +159,20 @@ def test_manual_orders_reach_the_trading_engine(settings, bus, store):
             return answer.json()["orderId"]
 
         bought = order(symbol="EURUSD", side="BUY", volume=20_000, reason="hedge")
-        placed = wait_for(lambda: seen.of(OrderPlaced, order_id=bought))[0]
+        placed = wait_until(lambda: seen.of(OrderPlaced, order_id=bought))[0]
         assert (placed.symbol, placed.side, placed.volume, placed.reason) == ("EURUSD", "BUY", 20_000, "manual")
         assert placed.price == 1.10002 and placed.stop_loss < placed.price  # at the ask, with the default stop
-        filled = wait_for(lambda: seen.of(OrderExecuted, order_id=bought))[0]
+        filled = wait_until(lambda: seen.of(OrderExecuted, order_id=bought))[0]
         assert filled.position_id == bought and filled.volume == 20_000
 
         unpriced = order(symbol="GBPUSD", side="SELL")
-        assert wait_for(lambda: seen.of(OrderRejected, order_id=unpriced))[0].reason == "risk: no market price for GBPUSD yet"
+        assert wait_until(lambda: seen.of(OrderRejected, order_id=unpriced))[0].reason == "risk: no market price for GBPUSD yet"
         too_big = order(symbol="EURUSD", side="BUY", volume=10_000_000)
-        assert "trading.max_order_units" in wait_for(lambda: seen.of(OrderRejected, order_id=too_big))[0].reason
+        assert "trading.max_order_units" in wait_until(lambda: seen.of(OrderRejected, order_id=too_big))[0].reason
 
         assert client.post("/api/v1/trading/halt?sync=true", json={"reason": "drill"}, headers=AUTH).status_code == 200
-        halted = wait_for(lambda: seen.of(TradingStateChanged, state="HALTED"))[0]
+        halted = wait_until(lambda: seen.of(TradingStateChanged, state="HALTED"))[0]
         assert halted.reason == "manual halt: drill"
         refused = order(symbol="EURUSD", side="SELL")
-        assert wait_for(lambda: seen.of(OrderRejected, order_id=refused))[0].reason.startswith("risk: trading halted")
+        assert wait_until(lambda: seen.of(OrderRejected, order_id=refused))[0].reason.startswith("risk: trading halted")
         assert not seen.of(OrderPlaced, order_id=refused)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_kit import AUTH, KEY, WINDOW, sqlite_bus, wait_for
-from infra import free_port
+from gateway_kit import AUTH, KEY, WINDOW, sqlite_bus
+from infra import free_port, wait_until
 
 from tradepipe.api.auth import hash_key
 from tradepipe.config import Settings
@@ -60,15 +60,15 @@ def get(url: str, **kwargs) -> httpx.Response | None:
 
 def test_tradepipe_api_serves_the_read_side_commands_and_metrics(api_process):
     process, base, log = api_process
-    health = wait_for(lambda: (r := get(f"{base}/health")) is not None and r.status_code == 200 and r, 60)
+    health = wait_until(lambda: (r := get(f"{base}/health")) is not None and r.status_code == 200 and r, 60)
     body = health.json()
     assert body["status"] == "ok" and body["analytics"] is True and body["commandHandler"] == "running"
     assert body["readSide"] == {"projections": "running", "analytics": "running"}
     assert "/api/v1/orders" in get(f"{base}/openapi.json").json()["paths"]
     # the projections and analytics catch up with the bus by themselves
-    orders = wait_for(lambda: len(get(f"{base}/api/v1/orders").json()) == 24, 60)
+    orders = wait_until(lambda: len(get(f"{base}/api/v1/orders").json()) == 24, 60)
     assert orders
-    assert wait_for(lambda: get(f"{base}/api/v1/analytics/pnl-by-day").json(), 60)[0]["positionsClosed"] == 11
+    assert wait_until(lambda: get(f"{base}/api/v1/analytics/pnl-by-day").json(), 60)[0]["positionsClosed"] == 11
     # a sync command, answered by the process's own command handler
     started = time.perf_counter()
     halted = httpx.post(f"{base}/api/v1/trading/halt?sync=true", json={"reason": "smoke"}, headers=AUTH, timeout=10)
@@ -76,17 +76,17 @@ def test_tradepipe_api_serves_the_read_side_commands_and_metrics(api_process):
     assert halted.status_code == 200 and halted.json()["command"] == "halt"
     print(f"sync command round trip over HTTP + SQLite bus: {round_trip_ms:.1f} ms")
     # the aggregated metrics: events seen by the tail, consumer lag of the command handler
-    metrics = wait_for(lambda: (text := get(f"{base}/metrics").text) and 'tradepipe_events_total{' in text and text)
+    metrics = wait_until(lambda: (text := get(f"{base}/metrics").text) and 'tradepipe_events_total{' in text and text)
     assert 'topic="api-requests"' in metrics and 'tradepipe_consumer_lag{partition="0",service="api-commands"' in metrics
     # a replay rebuilds the read side from the bus: the same orders again
     replay = httpx.post(f"{base}/api/v1/replay?sync=true", json={"target": "projections"}, headers=AUTH, timeout=10)
     assert replay.status_code == 200
-    wait_for(lambda: get(f"{base}/health").json()["rebuilds"] == 1, 60)
+    wait_until(lambda: get(f"{base}/health").json()["rebuilds"] == 1, 60)
     assert len(get(f"{base}/api/v1/orders").json()) == 24
     assert get(f"{base}/dashboard").status_code == 200
     # the dashboard opens on the history already on the bus (api.dashboard_history back)
     fills = [t["orderId"] for t in get(f"{base}/api/v1/trades?limit=1000").json()]
-    shown = wait_for(lambda: len(f := dashboard_fills(base)) == len(fills) and f, 30)
+    shown = wait_until(lambda: len(f := dashboard_fills(base)) == len(fills) and f, 30)
     assert sorted(f["orderId"] for f in shown) == sorted(fills)
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, Path(log).read_text()
@@ -104,7 +104,7 @@ def test_tradepipe_dashboard_serves_the_page_of_the_api_process(tmp_path):
          f"sqlite:///{tmp_path / 'bus.db'}", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "NO_COLOR": "1"}, cwd=tmp_path)
     try:
-        page = wait_for(lambda: (r := get(f"http://127.0.0.1:{port}/dashboard")) is not None and r, 60)
+        page = wait_until(lambda: (r := get(f"http://127.0.0.1:{port}/dashboard")) is not None and r, 60)
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     finally:
         process.send_signal(signal.SIGTERM)

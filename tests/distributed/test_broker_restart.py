@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from infra import SeaweedS3, Tansu
+from infra import SeaweedS3, Tansu, wait_until
 
 from tradepipe.bus import open_bus
 from tradepipe.events.types import MARKET_DATA, SYSTEM, BarClosed, CircuitBreakerStateChanged
@@ -39,13 +39,6 @@ def market_data(per_symbol: int) -> list:
         for tick in row:
             events += bridge.handle_tick(tick, ctx)
     return events
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_a_runner_rides_out_a_broker_kill_and_loses_nothing(tmp_path):

@@ -8,12 +8,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
-from infra import free_port
+from infra import free_port, wait_until
 
 from tradepipe.bus import open_bus
 from tradepipe.events.types import MARKET_DATA, BarClosed
@@ -63,13 +62,6 @@ def counter(port: int, name: str) -> float:
 def handled(port: int) -> float:
     """Ticks handled: the bar builder also reads back the bars it publishes on the same topic."""
     return counter(port, "handled") - counter(port, "emitted")
-
-
-def wait_until(condition, timeout_s: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_two_instances_split_the_partitions_and_a_leave_loses_nothing(redis_url, tmp_path):

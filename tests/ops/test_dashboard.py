@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from infra import wait_until
 
 from tradepipe.bus import open_bus
 from tradepipe.config import Settings
@@ -48,14 +48,6 @@ CHROMIUM = "/usr/bin/chromium"
 def run_ema_cross(bus, window=MORNING) -> dict:
     return run_pipeline(RunRequest(paths=sample_paths(), settings=Settings(), strategy="ema-cross",
                                    start=window[0], end=window[1]), bus)
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def of(events, cls):

@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from typer.testing import CliRunner
+from infra import wait_until
 
 from tradepipe.bus import open_bus
 from tradepipe.cli import app
@@ -229,7 +230,7 @@ def test_a_rebuild_equals_the_live_built_projections_row_for_row(backend, ema_cr
         thread.start()
         try:
             summary = run_pipeline(ema_cross_run, bus)
-            wait_until(lambda: caught_up(bus, live), "the live projector to catch up")
+            wait_until(lambda: caught_up(bus, live), what="the live projector to catch up")
         finally:
             stop.set()
             thread.join(30)
@@ -256,14 +257,6 @@ def caught_up(bus, store: ReadStore) -> bool:
             and not store.pending_updates())
 
 
-def wait_until(condition, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s} s for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 # small batches, so the kills land in the middle of some transactions (PostgreSQL syncs each commit: fewer)
 @pytest.mark.parametrize("backend, batch_size", [("sqlite", 10), ("postgresql", 40)])
@@ -279,7 +272,7 @@ def test_a_projector_killed_mid_stream_leaves_no_half_applied_event(backend, bat
             worker = start_worker(bus_url, store_url, batch_size)
             try:
                 wait_until(lambda: sum(store.offsets().values()) >= share * total or worker.poll() is not None,
-                           f"the projector to pass {share:.0%}")
+                           what=f"the projector to pass {share:.0%}")
             finally:
                 if worker.poll() is None:
                     worker.send_signal(signal.SIGKILL)
@@ -336,7 +329,7 @@ def test_a_projector_reconnects_when_its_postgres_backend_is_terminated(bus_url,
                 time.sleep(0.2)
                 terminated += admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                             "WHERE application_name = %s", (app_name,)).fetchone()[0]
-            wait_until(lambda: caught_up(bus, store), "the projector to catch up")
+            wait_until(lambda: caught_up(bus, store), what="the projector to catch up")
         finally:
             stop.set()
             thread.join(30)

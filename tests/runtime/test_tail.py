@@ -3,8 +3,9 @@ each decoded event to every subscriber, whatever one of them does."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
+
+from infra import wait_until
 
 from tradepipe.bus import open_bus
 from tradepipe.events import SYSTEM
@@ -21,9 +22,7 @@ def commands(n: int, reason: str) -> list[TradingCommand]:
 
 
 def seen_by(tail: BusTail, count: int) -> None:
-    deadline = time.monotonic() + 20
-    while tail.seen < count and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: tail.seen >= count, 20, f"the tail to see {count} events")
 
 
 def test_a_tail_starts_at_the_end_history_records_back_or_at_the_start(tmp_path):
