@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path

@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -26,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 import chdb.session
 import msgspec
 import pytest
+from infra import wait_until
 
 from tradepipe.bus import open_bus
 from tradepipe.bus.base import Bus, Record
@@ -135,7 +135,7 @@ def everything(store: AnalyticsStore) -> dict:
         "pnl": store.pnl_by_day(),
         "hit_rates": store.hit_rate_by_hour(),
         "predictions": store.predictions(symbol="EURUSD", model="contrarian", limit=50),
-        "counts": {row.table: store.count(row.table) for row in ROWS},
+        "counts": store.row_counts(),
     }
 
 
@@ -283,9 +283,7 @@ def test_the_projector_follows_a_live_bus(run, backend):
     worker.start()
     try:
         EventStore(bus).append(history[1000:3000])
-        deadline = time.monotonic() + 30
-        while store.count("ticks") + store.count("bars") < 3000 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: store.count("ticks") + store.count("bars") >= 3000, 30, "the projector to catch up")
     finally:
         stop.set()
         worker.join()

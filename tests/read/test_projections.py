@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from typer.testing import CliRunner
-from infra import wait_until
+from infra import POSTGRES_URL, wait_until
 
 from tradepipe.bus import open_bus
 from tradepipe.cli import app
@@ -36,7 +36,6 @@ from tradepipe.runtime.store import EventStore
 UTC = timezone.utc
 T0 = datetime(2014, 5, 5, 10, 0, tzinfo=UTC)
 WORKER = Path(__file__).with_name("projection_worker.py")
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def at(seconds: float) -> datetime:
@@ -320,7 +319,7 @@ def test_a_projector_reconnects_when_its_postgres_backend_is_terminated(bus_url,
     store = open_store(f"{postgres_schemas('term')}&application_name={app_name}", reconnect_timeout_s=30)
     stop = threading.Event()
     terminated = 0
-    with open_bus(bus_url, create=False) as bus, psycopg.connect(POSTGRES, autocommit=True) as admin:
+    with open_bus(bus_url, create=False) as bus, psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         runner = ProjectionRunner(bus, store, batch_size=100)
         thread = threading.Thread(target=runner.run, args=(stop,))
         thread.start()
@@ -348,7 +347,7 @@ def test_bad_store_urls_are_clear_errors(tmp_path):
     with pytest.raises(StoreURLError, match="expected sqlite:///file.db"):
         open_read_store("tradepipe-read.db")
     with pytest.raises(StoreURLError, match="schema 'a-b' is not a plain SQL identifier"):
-        open_read_store(f"{POSTGRES}?schema=a-b")
+        open_read_store(f"{POSTGRES_URL}?schema=a-b")
     with pytest.raises(StoreUnavailableError, match=r"postgresql://postgres:\*\*\*@127.0.0.1:1/test"):
         open_read_store("postgresql://postgres:secret@127.0.0.1:1/test")  # nothing listens; the password is hidden
     (tmp_path / "dir.db").mkdir()

@@ -140,7 +140,8 @@ class ReadSide:
                                lambda: ProjectionRunner(bus, self.store, codec=codec, batch_size=batch),
                                lambda: rebuild(bus, self.store, codec=codec, batch_size=batch))]
         if settings.read.analytics != NO_ANALYTICS:
-            self.analytics = open_analytics_store(settings.read.analytics)
+            self.analytics = open_analytics_store(settings.read.analytics,
+                                                  dead_band=settings.models.dead_band_bps / 1e4)
             self.parts.append(ReadPart("analytics", self.analytics,
                                        lambda: AnalyticsProjector(bus, self.analytics, codec=codec),
                                        lambda: rebuild_analytics(bus, self.analytics, codec=codec)))
@@ -190,8 +191,8 @@ def serve(settings: Settings, bus: Bus, checkpoints: CheckpointStore, *,
     tail = BusTail(bus, codec=codec)
     registry = CollectorRegistry(auto_describe=False)
     metrics = EventMetrics.from_settings(settings)
-    groups = pipeline_groups([*decision_factories(settings, strategy="ema-cross"), *gateway_factories(settings)])
-    lag = ConsumerLag(bus, groups)
+    lag = ConsumerLag(bus, pipeline_groups([*decision_factories(settings, strategy="ema-cross"),
+                                            *gateway_factories(settings)]))
     registry.register(metrics)
     registry.register(lag)
     tail.subscribe(metrics)
@@ -203,8 +204,7 @@ def serve(settings: Settings, bus: Bus, checkpoints: CheckpointStore, *,
     handler = ServiceRunner(ApiCommandHandler(settings), bus, codec=codec, checkpoints=checkpoints,
                             config=settings.runner.runner_config())
     commands = Worker("api-commands", lambda stop: handler.run(stop=stop))
-    # its own lag source: the scrape thread uses the other one
-    alert_runner = ServiceRunner(AlertRules.from_settings(settings, lag=ConsumerLag(bus, groups)), bus, codec=codec,
+    alert_runner = ServiceRunner(AlertRules.from_settings(settings, lag=lag), bus, codec=codec,
                                  checkpoints=checkpoints, config=settings.runner.runner_config())
     alerts = Worker("alerts", lambda stop: alert_runner.run(stop=stop))
     app = create_app(settings, events=events, tail=tail, read=read_side.store, analytics=read_side.analytics,

@@ -26,11 +26,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from tradepipe.read.sql import redacted
+from tradepipe.read.sql import IDENTIFIER, redacted
 
 DEFAULT_DATABASE = "tradepipe"
 SCHEMES = ("chdb", "clickhouse", "clickhouses")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _ESCAPED = re.compile(r"([\\'`\t\n])")
 
 
@@ -203,6 +202,6 @@ def backend_from_url(url: str) -> tuple[ClickHouseBackend, str]:
 
 
 def _database(name: str, url: str) -> str:
-    if not _IDENTIFIER.fullmatch(name):
+    if not IDENTIFIER.fullmatch(name):
         raise AnalyticsURLError(f"bad database name {name!r} in {url!r}: letters, digits and _ only")
     return name

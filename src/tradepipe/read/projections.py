@@ -201,7 +201,7 @@ class _Writes:
 
     def __init__(self) -> None:
         self.rows: dict[str, list[tuple]] = {}
-        self.prices: dict[str, tuple] = {}  # symbol -> the batch's latest (symbol, bid, ask, time, event_id)
+        self.prices: dict[str, MarketDataReceived] = {}  # symbol -> the batch's latest tick
 
     def add(self, sql: str, row: tuple) -> None:
         rows = self.rows.get(sql)
@@ -213,14 +213,16 @@ class _Writes:
     def price(self, tick: MarketDataReceived) -> None:
         if not tick.symbol:  # a price of nothing: skipped, rather than a batch the NOT NULL key refuses forever
             return
-        row = (tick.symbol, tick.data.bid, tick.data.ask, iso(tick.data.timestamp), str(tick.event_id))
+        # compared as the stored row is (iso time is fixed-width UTC, UUID text orders like the
+        # UUID); the row is formatted only for the batch's latest tick
         kept = self.prices.get(tick.symbol)
-        if kept is None or (row[3], row[4]) > (kept[3], kept[4]):
-            self.prices[tick.symbol] = row
+        if kept is None or (tick.data.timestamp, tick.event_id) > (kept.data.timestamp, kept.event_id):
+            self.prices[tick.symbol] = tick
 
     def flush(self, tx: Transaction) -> None:
         if self.prices:
-            self.add_all(PRICE, self.prices.values())
+            self.add_all(PRICE, ((t.symbol, t.data.bid, t.data.ask, iso(t.data.timestamp), str(t.event_id))
+                                 for t in self.prices.values()))
         for sql, rows in self.rows.items():
             tx.executemany(sql, rows)
 

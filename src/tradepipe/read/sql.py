@@ -41,9 +41,8 @@ log = logging.getLogger(__name__)
 UTC = timezone.utc
 T = TypeVar("T")
 Dialect = Literal["sqlite", "postgresql"]
-SCHEMES = ("sqlite", "postgresql", "postgres")
 CONNECT_TIMEOUT_S = 5
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # a plain SQL name: schemas, databases
 
 
 class StoreError(Exception):
@@ -254,7 +253,7 @@ def open_database(url: str, *, reconnect_timeout_s: float = 60.0) -> Database:
     if scheme in ("postgresql", "postgres"):
         query = dict(parse_qsl(parts.query))
         schema = query.pop("schema", None)
-        if schema is not None and not _IDENTIFIER.fullmatch(schema):
+        if schema is not None and not IDENTIFIER.fullmatch(schema):
             raise StoreURLError(f"bad read store URL {redacted(url)}: schema {schema!r} is not a plain SQL identifier")
         conninfo = parts._replace(scheme="postgresql", query=urlencode(query)).geturl()
         return PostgresDatabase(url, conninfo, schema, reconnect_timeout_s=reconnect_timeout_s)
