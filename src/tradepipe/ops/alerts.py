@@ -57,7 +57,7 @@ from tradepipe.events.types import (
     OrderExecuted, OrderPlaced, OrderRejected, PerformanceCalculated, PositionClosed, PredictionGenerated,
     TradingStateChanged,
 )
-from tradepipe.ops.metrics import ConsumerLag, PipelineFigures
+from tradepipe.ops.metrics import BREAKER_STATES, VALIDATION, ConsumerLag, PipelineFigures
 from tradepipe.runtime.service import Context, Service
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,7 @@ HYSTERESIS = 0.1
 #: a breaker's state number (0 closed, 1 half-open, 2 open) above this is "opened": a
 #: half-open breaker is still probing, so its alert stays until it closes
 BREAKER_OPEN = 0.5
-_STATE_NAMES = {0: "CLOSED", 1: "HALF_OPEN", 2: "OPEN"}
-_VALIDATION = (("validation_failure_rate", ""),)
+_STATE_NAMES = {number: name for name, number in BREAKER_STATES.items()}
 
 
 def figure_text(rule: Rule, value: float) -> str:
@@ -134,7 +133,7 @@ class AlertRules(Service):
 
     def handle(self, event: Event, ctx: Context) -> list[Event]:
         if type(event) is MarketDataReceived:  # most events: judged only if the window holds a dead letter
-            touched = _VALIDATION if self.figures.tick() or _VALIDATION[0] in self.firing else ()
+            touched = VALIDATION if self.figures.tick() or VALIDATION[0] in self.firing else ()
         else:
             touched = self.figures.observe(event)
         out: list[Event] = []

@@ -51,7 +51,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -79,6 +79,8 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BREAKER_STATES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
 INPUT_WINDOW = 1000  # pipeline inputs (ticks, bars from files, dead letters) in the validation ratio
+#: the alert keys (rule, subject) an input to the validation ratio touches
+VALIDATION = (("validation_failure_rate", ""),)
 OUTCOME_WINDOW = 100  # outcomes (hits, wins, fills, verdicts, timings) in the other rolling figures
 PLACED_MEMORY = 4096  # placed orders awaiting their fill or rejection
 
@@ -249,7 +251,6 @@ class PipelineFigures:
         return slow is not None and slow.hits > 0
 
     # -- observers ------------------------------------------------------------------------
-    _VALIDATION = (("validation_failure_rate", ""),)
 
     def tick(self) -> int:
         """Count an accepted input (the tick path, kept short); the dead letters in the window."""
@@ -259,7 +260,7 @@ class PipelineFigures:
 
     def _input(self, event: Event) -> tuple[tuple[str, str], ...]:
         self.tick()
-        return self._VALIDATION
+        return VALIDATION
 
     def _bar(self, event: BarClosed) -> tuple[tuple[str, str], ...]:
         if event.metadata.producer != "data-bridge":  # built from ticks already counted
@@ -268,7 +269,7 @@ class PipelineFigures:
 
     def _dead_letter(self, event: DeadLetter) -> tuple[tuple[str, str], ...]:
         self.inputs.add(1)
-        return self._VALIDATION
+        return VALIDATION
 
     def _validated(self, event: SignalValidated) -> tuple[tuple[str, str], ...]:
         self.verdicts.add(0)
@@ -433,7 +434,9 @@ class EventMetrics:
         self.tick_to_order = Buckets(LATENCY_BUCKETS)
         self.hops: dict[str, Buckets] = {}  # producer -> time from its input's record to its output's
         self.firing: dict[tuple[str, str], AlertRaised] = {}  # (rule, subject) -> the alert
-        self._produced: dict[Any, float] = {}  # eventId -> wall time of its record, oldest first
+        # eventId -> wall time of its record, oldest first; an OrderedDict because a plain dict
+        # evicted from the front gets slower with every deletion (its table fills with holes)
+        self._produced: OrderedDict[Any, float] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -468,7 +471,7 @@ class EventMetrics:
             self.firing.pop((event.rule, event.subject), None)
         produced[event.event_id] = at
         if len(produced) > self.memory:
-            del produced[next(iter(produced))]
+            produced.popitem(last=False)
 
     def snapshot(self) -> dict[str, Any]:
         """The current figures, JSON-ready (for the dashboard): ratios with their sample

@@ -32,14 +32,14 @@ from typing import TypeVar
 import msgspec
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from tradepipe.bus.base import DEFAULT_PARTITIONS, Bus, BusUnavailableError, Record, TopicPartition
+from tradepipe.bus.base import DEFAULT_PARTITIONS, Bus, BusUnavailableError, Record, TopicPartition, now_ms
 from tradepipe.events.codec import Codec, DecodeError, JsonCodec
 from tradepipe.events.envelope import Event, utc_from_ms
 from tradepipe.events.types import ALL_TOPICS, CircuitBreakerStateChanged, DeadLetter
 from tradepipe.runtime.breaker import CircuitBreaker, Transition
 from tradepipe.runtime.clock import Clock, EventClock, WallClock
 from tradepipe.runtime.service import Context, Service
-from tradepipe.runtime.store import Checkpoint, CheckpointStore, checkpoint_store_for, now_ms, publish
+from tradepipe.runtime.store import Checkpoint, CheckpointStore, checkpoint_store_for, publish
 
 
 class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -344,7 +344,7 @@ class ServiceRunner:
         else:
             # outputs are acknowledged: the group may move on (lag tools and the lockstep replay
             # read this); a restart still resumes from the checkpoint, which is never ahead of it
-            positions = self.consumer.positions()
+            positions = self.meter.positions  # taken after the poll of this batch (nothing polled since)
             self._on_bus("commit", lambda: self.consumer.commit(positions))
 
     def _handle_record(self, record: Record) -> list[Event]:

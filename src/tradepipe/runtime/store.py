@@ -149,9 +149,6 @@ def checkpoint_store_for(bus: Bus) -> CheckpointStore:
     raise ValueError(f"{bus.url} keeps no service checkpoints: pass a store (e.g. --state sqlite:///state.db)")
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 #: record headers every event carries (R1.3 on the wire): a consumer or a broker-side tool can
 #: route, filter or check schemas without decoding the payload

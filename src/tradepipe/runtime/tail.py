@@ -30,14 +30,15 @@ class BusTail:
                  from_start: bool = False, history: int = 0, poll_timeout_s: float = 0.05,
                  batch: int = 1000) -> None:
         self.bus = bus
-        self.topics = tuple(t for t in topics if t in bus.topics())
+        known = bus.topics()
+        self.topics = tuple(t for t in topics if t in known)
         self.codec = codec or JsonCodec()
         self.from_start = from_start
         self.history = history
         self.poll_timeout_s = poll_timeout_s
         self.batch = batch
         self.seen = 0  # events handed to subscribers
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: tuple[Subscriber, ...] = ()  # replaced whole: delivery reads it without the lock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -46,12 +47,11 @@ class BusTail:
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Add ``subscriber``; returns the function that removes it."""
         with self._lock:
-            self._subscribers.append(subscriber)
+            self._subscribers += (subscriber,)
 
         def unsubscribe() -> None:
             with self._lock:
-                if subscriber in self._subscribers:
-                    self._subscribers.remove(subscriber)
+                self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
         return unsubscribe
 
     def start(self) -> BusTail:
@@ -96,9 +96,7 @@ class BusTail:
         except DecodeError:
             return
         self.seen += 1
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for subscriber in subscribers:
+        for subscriber in self._subscribers:
             try:
                 subscriber(event, record)
             except Exception:
