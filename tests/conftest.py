@@ -9,10 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra import REDIS_HOST, REDIS_PORT, Tansu
+from infra import POSTGRES_URL, REDIS_HOST, REDIS_PORT, REDIS_TEST_DB, Tansu
 
-REDIS_TEST_DB = 9
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="session")

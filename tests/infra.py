@@ -25,6 +25,8 @@ from pathlib import Path
 from tradepipe.bus import Consumer, Record
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_TEST_DB = 9  # the tests' and benchmarks' database, keys under a fresh prefix each
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def free_port() -> int:

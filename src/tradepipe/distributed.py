@@ -28,14 +28,14 @@ from typing import Any
 
 import msgspec
 
-from tradepipe.bus.base import Bus, BusError
+from tradepipe.bus.base import Bus, BusError, now_ms
 from tradepipe.config import Settings
 from tradepipe.events.codec import get_codec
 from tradepipe.events.envelope import ms_from_utc
 from tradepipe.events.types import MarketDataReceived
 from tradepipe.pipeline import merged, open_sources
 from tradepipe.runtime.service import Context, Service
-from tradepipe.runtime.store import Checkpoint, CheckpointStore, now_ms, publish
+from tradepipe.runtime.store import Checkpoint, CheckpointStore, publish
 from tradepipe.services.data_bridge import DataBridge
 from tradepipe.sources.validation import TickValidator
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from infra import REDIS_HOST, REDIS_PORT, free_port, poll_until, wait_for_port
+from infra import REDIS_HOST, REDIS_PORT, REDIS_TEST_DB, free_port, poll_until, wait_for_port
 from tradepipe.bus import BusError, BusUnavailableError, BusURLError, TopicPartition, open_bus
 from tradepipe.bus.redis import parse_redis_url
 
@@ -28,7 +28,7 @@ def prefix_of(url: str) -> str:
 @pytest.fixture
 def raw() -> Iterator[redis.Redis]:
     """A plain client on the test database, to look at what the backend wrote."""
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=9)
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB)
     yield client
     client.close()
 

@@ -227,10 +227,19 @@ class Bus(ABC):
             raise UnknownTopicError(name) from None
 
     def partitions_of(self, topics: Iterable[str]) -> list[TopicPartition]:
-        return [TopicPartition(t, p) for t in topics for p in range(self.topic(t).partitions)]
+        known = self.topics()  # once: on a broker, every call is a metadata round trip
+        missing = [t for t in topics if t not in known]
+        if missing:
+            raise UnknownTopicError(missing[0])
+        return [TopicPartition(t, p) for t in topics for p in range(known[t].partitions)]
 
 
 _BYTES = (bytes, bytearray, memoryview)
+
+
+def now_ms() -> int:
+    """Wall-clock epoch milliseconds: a record's timestamp when the producer gives none."""
+    return time.time_ns() // 1_000_000
 
 
 def check_record_types(value: object, key: object, headers: Sequence[tuple[str, bytes]]) -> None:

@@ -17,8 +17,10 @@ How it maps the bus contract onto Kafka:
   :meth:`~KafkaConsumer.set_start_offsets`, else this member's position if it held the
   partition just before, else the group's commit, else ``auto_offset_reset``. Partitions are
   assigned round-robin, interleaved over the members as the other backends do.
-- Commits are synchronous and manual (after the handler's output is flushed); a commit refused
-  because a rebalance took the partition away is logged, not raised: delivery is at-least-once.
+- Commits are manual (after the handler's output is flushed) and run on the consumer's thread
+  while the caller polls on; :meth:`~KafkaConsumer.committed`, ``close()`` and the next commit
+  wait for them. A commit refused because a rebalance took the partition away is logged, not
+  raised: delivery is at-least-once.
 
 Tansu's gaps (see the project notes) are handled so that the same code is right on Kafka: its
 ListOffsets answers "base offset of the last batch + 1" for the end of a partition and always 0
@@ -294,6 +296,13 @@ class KafkaBus(Bus):
         counts = self._metadata()
         retention = self._retention(sorted(counts))
         return {name: TopicInfo(name, count, retention[name]) for name, count in counts.items()}
+
+    def topic(self, name: str) -> TopicInfo:
+        """One topic: its configs alone are described, not every topic's."""
+        count = self._metadata().get(name)
+        if count is None:
+            raise UnknownTopicError(name)
+        return TopicInfo(name, count, self._retention([name])[name])
 
     def _list_offsets(self, tps: Sequence[ck.TopicPartition], spec: OffsetSpec) -> dict[int, int]:
         if not tps:

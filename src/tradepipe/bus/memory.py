@@ -7,13 +7,12 @@ process, so separately opened buses can share topics.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
 from tradepipe.bus.base import (
     DEFAULT_PARTITIONS, Bus, Consumer, LogConsumer, Producer, Record, TopicInfo, TopicPartition,
-    UnknownTopicError, assign_partitions,
+    UnknownTopicError, assign_partitions, now_ms,
 )
 from tradepipe.bus.partitioner import partition_for
 
@@ -91,7 +90,7 @@ class MemoryProducer(Producer):
         else:
             p = self._broker.choose_partition(topic, key, partition)
         if timestamp_ms is None:
-            timestamp_ms = int(time.time() * 1000)  # Kafka's default: create time
+            timestamp_ms = now_ms()  # Kafka's default: create time
         log = logs[p]
         with self._broker.lock:
             log.append(Record(topic, p, len(log), value, key, timestamp_ms, tuple(headers)))

@@ -67,7 +67,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_d
 from tradepipe.bus.base import (
     DEFAULT_PARTITIONS, Bus, BusClosedError, BusError, BusUnavailableError, BusURLError, Consumer,
     LogConsumer, Producer, Record, TopicInfo, TopicPartition, UnknownTopicError, assign_partitions,
-    check_record_types,
+    check_record_types, now_ms,
 )
 from tradepipe.bus.partitioner import partition_for
 from tradepipe.config import RedisSettings
@@ -150,9 +150,6 @@ def _offset(entry_id: bytes) -> int:
     """The offset of the record with stream id ``entry_id`` (``0-(offset+1)``)."""
     return int(entry_id[2:]) - 1
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class RedisOptions(RedisSettings):
@@ -348,7 +345,7 @@ class RedisProducer(Producer):
             raise ValueError(f"partition {partition} out of range for {topic!r} ({len(streams)} partitions)")
         headers = tuple(headers)
         check_record_types(value, key, headers)
-        timestamp_ms = _now_ms() if timestamp_ms is None else int(timestamp_ms)
+        timestamp_ms = now_ms() if timestamp_ms is None else int(timestamp_ms)
         stream = streams[partition]
         command = ["XADD", stream, "0-*", b"v", value, b"t", timestamp_ms]
         if key is not None:
@@ -456,7 +453,7 @@ class RedisConsumer(LogConsumer):
             raise
         self._conn = conn
         self._client = conn.client
-        for command in ("XREADGROUP", "XREAD", "XRANGE"):  # raw replies, decoded by _record
+        for command in ("XREADGROUP", "XREAD"):  # raw replies, decoded by _record
             self._client.set_response_callback(command, _raw_reply)
         self._session_timeout_ms = options.session_timeout_ms
         self._claim_idle_ms = options.claim_idle_ms

@@ -35,6 +35,7 @@ import msgspec
 from tradepipe.bus.base import (
     DEFAULT_PARTITIONS, Bus, BusClosedError, BusError, BusURLError, Consumer, LogConsumer,
     Producer, Record, TopicInfo, TopicPartition, UnknownTopicError, assign_partitions, check_record_types,
+    now_ms,
 )
 from tradepipe.bus.partitioner import partition_for
 
@@ -106,9 +107,6 @@ def _decode_batch(blob: bytes, topic: str, partition: int, base_offset: int) -> 
             f"corrupt record batch in {topic!r} partition {partition} at offset {base_offset}: {exc}"
         ) from None
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class SQLiteOptions(msgspec.Struct, frozen=True):
@@ -293,7 +291,7 @@ class SQLiteProducer(Producer):
             partition = partition_for(key, len(logs))
         headers = tuple(headers)
         check_record_types(value, key, headers)
-        entry = (_now_ms() if timestamp_ms is None else int(timestamp_ms), key, value, headers)
+        entry = (now_ms() if timestamp_ms is None else int(timestamp_ms), key, value, headers)
         self._pending.setdefault(logs[partition], []).append(entry)
         self._pending_count += 1
         self._pending_bytes += len(value)
@@ -362,12 +360,12 @@ class SQLiteConsumer(LogConsumer):
             "INSERT OR REPLACE INTO group_members (group_id, member_id, token, topics, expires_ms) "
             "VALUES (?, ?, ?, ?, ?)",
             (self.group, self.member_id, self._token, json.dumps(self.subscription),
-             _now_ms() + self._session_timeout_ms),
+             now_ms() + self._session_timeout_ms),
         )
         self._next_heartbeat = time.monotonic() + self._session_timeout_ms / 3000
 
     def _heartbeat(self) -> None:
-        now = _now_ms()
+        now = now_ms()
         with self._db.transaction() as conn:
             conn.execute("DELETE FROM group_members WHERE group_id = ? AND expires_ms <= ?", (self.group, now))
             updated = conn.execute(
@@ -394,7 +392,7 @@ class SQLiteConsumer(LogConsumer):
             self._heartbeat()
         rows = self._db.query(
             "SELECT member_id, topics FROM group_members WHERE group_id = ? AND expires_ms > ?",
-            (self.group, _now_ms()),
+            (self.group, now_ms()),
         )
         subscriptions = {member: json.loads(topics) for member, topics in rows}
         subscriptions[self.member_id] = self.subscription
