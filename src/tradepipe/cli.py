@@ -51,6 +51,13 @@ def settings_or_exit(config: Path | None, bus_url: str | None = None, **override
         raise fail(str(exc)) from None
 
 
+def open_shared_bus_or_exit(settings: Settings) -> Bus:
+    """The configured bus for a process that shares it with others (a service, the API)."""
+    if settings.bus.url.startswith("memory://"):
+        raise fail("a memory:// bus lives in one process: give --bus kafka://..., redis://... or sqlite:///...")
+    return open_or_exit(settings, create=True)
+
+
 def open_or_exit(settings: Settings, *, create: bool) -> Bus:
     """The configured bus (with its backend's settings), or exit with the reason."""
     try:
@@ -197,10 +204,8 @@ def service(
         return
     if name not in names:
         raise fail(f"no service {name!r}; services: {', '.join(names)}")
-    if settings.bus.url.startswith("memory://"):
-        raise fail("a memory:// bus lives in one process: give --bus kafka://..., redis://... or sqlite:///...")
     port = default_port(name) if port is None else port
-    bus_obj = open_or_exit(settings, create=True)
+    bus_obj = open_shared_bus_or_exit(settings)
     bot = None
     try:
         ensure_topics_or_exit(bus_obj, settings)
@@ -1029,9 +1034,7 @@ def dashboard(
 def _serve_api(settings: Settings, state: str | None) -> None:
     from tradepipe.api.server import serve
 
-    if settings.bus.url.startswith("memory://"):
-        raise fail("a memory:// bus lives in one process: give --bus sqlite:///..., kafka://... or redis://...")
-    bus_obj = open_or_exit(settings, create=True)
+    bus_obj = open_shared_bus_or_exit(settings)
     try:
         ensure_topics_or_exit(bus_obj, settings)
         serve(settings, bus_obj, _state_store(settings, state, bus_obj),

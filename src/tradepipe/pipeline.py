@@ -263,7 +263,7 @@ def service_factories(settings: Settings, *, strategy: Strategy = "models",
         # the alert rules watch the deployment, every group's lag included (on their own
         # connection). Not in the in-process run: judging every tick, feature and prediction
         # there cost ~5 % of `tradepipe run`'s throughput
-        names = ["data-bridge", *factories, AlertRules.name]
+        names = [*factories, AlertRules.name]
         factories[AlertRules.name] = lambda: AlertRules.from_settings(
             settings, lag=ConsumerLag(settings.bus.url, pipeline_groups(names)))
     return factories

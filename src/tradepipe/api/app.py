@@ -195,17 +195,16 @@ def read_routes() -> APIRouter:
                 responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}},
                            **_problems(404, 422, 429)}, response_class=Response)
     def explain(order_id: OrderId, request: Request) -> Response:
-        path = request.app.state.audit_path
         try:
-            log = AuditLog(path, create=False)
+            audit = AuditLog(request.app.state.settings.audit.path, create=False)
         except AuditLogError as exc:
             raise _not_found(f"no audit log to explain orders from: {exc}") from None
         try:
-            return _json(log.explain(order_id))
+            return _json(audit.explain(order_id))
         except UnknownOrderError as exc:
             raise _not_found(str(exc)) from None
         finally:
-            log.close()
+            audit.close()
 
     @router.get("/performance", summary="Latest performance figures", **_view(PerformanceView, errors=[404]))
     def performance(read: Read) -> Response:
@@ -334,7 +333,6 @@ def create_app(
     state.limiter = RateLimiter(settings.api.rate_limit_per_minute)
     state.read = read
     state.analytics = analytics
-    state.audit_path = settings.audit.path
     state.gateway = CommandGateway(events, tail)
     state.registry = registry or CollectorRegistry()
 

@@ -156,6 +156,7 @@ class TradingSignalGenerated(Event, frozen=True, kw_only=True):
 @UPCASTERS.register("OrderExecuted", "1.0", "1.1")
 @UPCASTERS.register("PositionClosed", "1.0", "1.1")
 @UPCASTERS.register("AlertRaised", "1.0", "1.1")
+@UPCASTERS.register("TradingCommand", "1.0", "1.1")  # and a command value
 def _added_optional_fields(doc: dict) -> dict:
     return doc
 
@@ -307,11 +308,6 @@ class TradingCommand(Event, frozen=True, kw_only=True):
     # 1.1: the manual order
     side: Side | None = None
     volume: float | None = None
-
-
-@UPCASTERS.register("TradingCommand", "1.0", "1.1")
-def _command_1_0(doc: dict) -> dict:
-    return doc  # 1.1 added a command and optional fields: a 1.0 command reads as it is
 
 
 class ReplayRequested(Event, frozen=True, kw_only=True):

@@ -107,6 +107,7 @@ COUNTERS = (
 #: event-time waits before re-sending a close the broker refused (the last one repeats)
 CLOSE_RETRY_S = (1, 5, 30, 60)
 KILL_SWITCH = "kill switch"  # how a halt by the drawdown limit starts its reason
+KILL_SWITCH_RULE = "max_drawdown"  # its alert's rule: raised when it trips, resolved on resume
 #: settings a running account cannot take live
 NOT_LIVE = ("trading.initial_equity", "trading.broker")
 
@@ -239,7 +240,7 @@ class TradingEngine(Service):
                        f"reached the limit {limit:.2%} (equity {equity:,.2f})")
         out: list[Event] = [
             ctx.emit(TradingStateChanged, state="HALTED", reason=self.halted, equity=equity, drawdown=drawdown),
-            ctx.emit(AlertRaised, rule="max_drawdown", severity="critical", message=self.halted,
+            ctx.emit(AlertRaised, rule=KILL_SWITCH_RULE, severity="critical", message=self.halted,
                      value=drawdown, threshold=limit),
         ]
         if self.settings.flatten_on_halt:
@@ -398,7 +399,7 @@ class TradingEngine(Service):
             reason = f"manual resume: {command.reason}" if command.reason else "manual resume"
             out = [self._state_changed(ctx, "ACTIVE", reason)]
             if kill_switch:  # its alert has fired until now: the peak moved, the drawdown is 0
-                out.append(ctx.emit(AlertResolved, rule="max_drawdown", message=reason, value=0.0))
+                out.append(ctx.emit(AlertResolved, rule=KILL_SWITCH_RULE, message=reason, value=0.0))
             return out
         if command.command == "order":
             return self._on_manual_order(command, ctx)
