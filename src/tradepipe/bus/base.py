@@ -227,6 +227,7 @@ class Bus(ABC):
             raise UnknownTopicError(name) from None
 
     def partitions_of(self, topics: Iterable[str]) -> list[TopicPartition]:
+        topics = list(topics)
         known = self.topics()  # once: on a broker, every call is a metadata round trip
         missing = [t for t in topics if t not in known]
         if missing:
